@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _evaluate_parser(sub)
     _info_parser(sub)
+    _update_parsers(sub)
     _sample_parser(sub)
     return parser
 
@@ -109,15 +110,19 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     report = build_index(args.sources, args.out, _config(args), batch_size=args.batch_size,
                          workers=args.workers, progress=_progress(args))
+    return _print_report(report, args.json, verb="indexed")
+
+
+def _print_report(report: "BuildReport", as_json: bool, verb: str) -> int:  # noqa: F821
     summary = {
         "path": str(report.path), "items": report.items, "indexed": report.indexed, "failed": report.failed,
         "failure_reasons": report.failure_reasons, "index_spec": report.index_spec,
         "seconds": round(report.seconds, 2), "images_per_second": round(report.images_per_second, 1),
     }
-    if args.json:
+    if as_json:
         print(json.dumps(summary))
     else:
-        print(f"indexed {report.indexed} of {report.items} images into {report.path} "
+        print(f"{verb} {report.indexed} of {report.items} images into {report.path} "
               f"({report.index_spec}, {report.seconds:.1f} s, {report.images_per_second:.1f} images/s)")
         if report.failed:
             reasons = ", ".join(f"{n} {reason}" for reason, n in report.failure_reasons.items())
@@ -209,6 +214,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     for f in info["failures"]:
         print(f"  failed #{f['id']}: {f['source']}: {f['error']}")
     return EXIT_OK
+
+
+def _update_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("add", help="add images to an existing index (no rebuild)",
+                       description="Embed new images with the index's model and add them in place: the PCA and "
+                                   "clusters are reused, ids are stable, sources already indexed are skipped.")
+    p.add_argument("index", type=Path, metavar="DIR")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="as for `imagefinder index`")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _common(p)
+    p.set_defaults(func=cmd_add)
+    p = sub.add_parser("remove", help="remove images from an index by id")
+    p.add_argument("index", type=Path, metavar="DIR")
+    p.add_argument("ids", nargs="+", type=int, metavar="ID", help="ids as shown by `imagefinder search`")
+    _common(p)
+    p.set_defaults(func=cmd_remove)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from .pipeline import add_to_index
+
+    report = add_to_index(args.index, args.sources, progress=_progress(args))
+    return _print_report(report, args.json, verb="added")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .pipeline import remove_from_index
+
+    removed = remove_from_index(args.index, args.ids)
+    print(f"removed {removed} of {len(args.ids)} ids from {args.index}")
+    return EXIT_OK if removed else EXIT_EMPTY
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,8 +20,8 @@ from PIL import Image
 from .download import fetch
 from .embed import Embedder
 from .images import ImageError, open_image
-from .index import Store, is_exact
-from .pipeline import default_download_config
+from .index import Store, is_exact, read_manifest
+from .pipeline import BuildReport, add_to_index, default_download_config, remove_from_index
 from .search import Hit, SearchSpace, search
 from .sources import is_url
 
@@ -49,9 +49,37 @@ class ImageFinder:
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
-        self.manifest = self.store.manifest
         self._embedder: Embedder | None = None
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    @property
+    def manifest(self) -> dict:
+        return self.store.manifest
+
+    def reload(self) -> None:
+        """Pick up a newer generation (written by this or another process)."""
+        old, self.store = self.store, Store(self.store.path)
+        old.close_later()
+
+    def reload_if_changed(self) -> bool:
+        if read_manifest(self.path).get("generation", 0) != self.store.generation:
+            self.reload()
+            return True
+        return False
+
+    def add(self, sources: list[str], progress: bool = False) -> BuildReport:
+        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search."""
+        with self._write_lock:
+            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress)
+            self.reload()
+        return report
+
+    def remove(self, ids: list[int]) -> int:
+        with self._write_lock:
+            removed = remove_from_index(self.path, ids)
+            self.reload()
+        return removed
 
     @property
     def path(self) -> Path:
@@ -64,10 +92,11 @@ class ImageFinder:
                 self._embedder = Embedder(self.manifest["model"])
             return self._embedder
 
-    def space(self) -> SearchSpace:
-        exact = is_exact(self.manifest["index_spec"])
-        return SearchSpace(self.store.index, self.store.embeddings,
-                           [tuple(s) for s in self.manifest.get("member_slices", [])], exact)
+    def space(self, store: Store | None = None) -> SearchSpace:
+        store = store or self.store
+        m = store.manifest
+        return SearchSpace(store.index, store.embeddings, [tuple(s) for s in m.get("member_slices", [])],
+                           is_exact(m["index_spec"]))
 
     def embed(self, query: Query) -> np.ndarray:
         """Raw backbone features of one query (path, http(s) URL, bytes or PIL image)."""
@@ -92,18 +121,20 @@ class ImageFinder:
 
     def search_id(self, item_id: int, k: int = 10, metric: str = "cosine") -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
-        if not self.store.records([item_id]).get(item_id, {}).get("status") == "ok":
+        store = self.store
+        if store.records([item_id]).get(item_id, {}).get("status") != "ok":
             raise KeyError(f"no indexed image with id {item_id}")
-        return self.search_vectors(np.asarray(self.store.embeddings[item_id], np.float32)[None], k, metric)[0]
+        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine") -> list[list[Result]]:
-        if self.store.index is None:
+        store = self.store  # one consistent generation even if an update lands meanwhile
+        if store.index is None:
             return [[] for _ in range(len(queries))]
-        hits = search(self.space(), queries, k, metric)
-        return [self._results(h) for h in hits]
+        hits = search(self.space(store), queries, k, metric)
+        return [self._results(store, h) for h in hits]
 
-    def _results(self, hits: list[Hit]) -> list[Result]:
-        rows = self.store.records([h.id for h in hits])
+    def _results(self, store: Store, hits: list[Hit]) -> list[Result]:
+        rows = store.records([h.id for h in hits])
         out = []
         for rank, hit in enumerate(hits, 1):
             row = rows.get(hit.id, {})
