@@ -98,12 +98,7 @@ def torchvision_features(constructor: str, weights: Path) -> "torch.nn.Module": 
     """A torchvision ImageNet classifier cut before its pooling/head, from a local weights file."""
     import torch
 
-    try:
-        import torchvision.models as tvm
-    except ImportError as exc:  # torchvision is optional: see README "Other backbones"
-        raise RuntimeError(
-            "torchvision is needed for this backbone: pip install torchvision (matching your torch)"
-        ) from exc
+    import torchvision.models as tvm  # optional dependency: ImportError is turned into advice by the caller
     kwargs = {"aux_logits": True, "init_weights": False} if constructor == "inception_v3" else {}
     model = getattr(tvm, constructor)(weights=None, **kwargs)
     model.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))

@@ -167,7 +167,11 @@ def _torchvision(name: str) -> Backbone:
         )
 
     def build(weights_file: Path, out: Path) -> None:
-        export.export_torch_pooled(export.torchvision_features(ctor, weights_file), size, out)
+        try:
+            body = export.torchvision_features(ctor, weights_file)
+        except ImportError as exc:
+            raise ModelUnavailable(f"{name} needs torchvision: pip install torchvision (matching your torch)") from exc
+        export.export_torch_pooled(body, size, out)
 
     return Backbone(
         name=name,
