@@ -198,5 +198,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
     """`python -m imagefinder.cli ARGS` in a subprocess (inherits $IMAGEFINDER_CACHE)."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "imagefinder.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "imagefinder.cli", *map(str, args)], check=False, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Run the CLI in a subprocess: cli("search", DIR, QUERY, "--json") -> CompletedProcess."""
+    return run_cli

@@ -120,7 +120,7 @@ def _swaps_axes(img: Image.Image) -> bool:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency is composited on white, as a viewer shows it."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)

@@ -182,10 +182,12 @@ def embed_items(
         if x.thumbnail is not None:
             (thumbs / f"{x.record.id}.jpg").write_bytes(x.thumbnail)
 
-    downloader = Downloader(download or default_download_config()) if any(i.is_url for i in items) else None
+    config = download or default_download_config()
+    downloader = Downloader(config) if any(i.is_url for i in items) else None
+    # Downloads wait on the network, decoding on the CPU: size the pool for whichever dominates.
+    workers = workers or (config.workers if downloader else max(4, (os.cpu_count() or 2) * 2))
     try:
-        raw = run_local(items, embedder, downloader, batch_size, workers or max(4, (os.cpu_count() or 2) * 2),
-                        on_loaded, progress, first_id)
+        raw = run_local(items, embedder, downloader, batch_size, workers, on_loaded, progress, first_id)
     finally:
         if downloader is not None:
             downloader.close()

@@ -78,11 +78,16 @@ def _expand_one(source: str) -> Iterator[Item]:
 def walk_images(root: Path) -> Iterator[Path]:
     """Image files under `root`, sorted, without following symlinked folders (no loops)."""
     for dirpath, dirnames, filenames in os.walk(root, onerror=_log_walk_error):
-        dirnames.sort()
+        # An index written inside the folder holds thumbnails: never index them as photos.
+        dirnames[:] = sorted(d for d in dirnames if not _is_index_dir(Path(dirpath, d)))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if is_image_path(path):
                 yield path.resolve() if not path.is_symlink() else path.absolute()
+
+
+def _is_index_dir(path: Path) -> bool:
+    return (path / "manifest.json").is_file() or ".tmp-" in path.name or ".old-" in path.name
 
 
 def _log_walk_error(exc: OSError) -> None:

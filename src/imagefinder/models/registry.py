@@ -7,8 +7,11 @@ hash of the weights it came from, so a changed weights file can never reuse a st
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,10 +196,54 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {
 }
 
 
+# --- a tuned model directory written by `imagefinder train` (models/finetune.py) -------
+
+TUNED_MODEL_FILE = "model.json"
+
+
+def is_model_dir(name: str) -> bool:
+    """A model name that is a path: contains a separator, or is a folder holding model.json."""
+    return "/" in name or os.sep in name or (Path(name).expanduser() / TUNED_MODEL_FILE).is_file()
+
+
+def _tuned(directory: Path) -> Backbone:
+    """model.onnx (pooled features, dynamic batch) + model.json (preprocess, dim, provenance).
+
+    `build_onnx` copies the file into the cache, so `onnx_path` keys it by content hash like
+    any other backbone: retraining into the same directory can never reuse a stale copy.
+    """
+    meta_file = directory / TUNED_MODEL_FILE
+    if not meta_file.is_file():
+        raise ModelUnavailable(f"{directory}: not a model directory (no {TUNED_MODEL_FILE}); "
+                               "make one with `imagefinder train`")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        preprocess, dim = Preprocess.from_dict(meta["preprocess"]), int(meta["dim"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelUnavailable(f"{meta_file}: unreadable or incomplete ({exc!r}); re-run `imagefinder train`") from exc
+    onnx_file = directory / meta.get("onnx", "model.onnx")
+
+    def locate() -> Path:
+        if not onnx_file.is_file():
+            raise ModelUnavailable(f"{onnx_file} is missing: re-run `imagefinder train`")
+        return onnx_file
+
+    def build(weights_file: Path, out: Path) -> None:
+        shutil.copyfile(weights_file, out)
+
+    # The name becomes part of a cache file name: keep it to safe characters.
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(meta.get("name") or f"tuned-{directory.name}"))
+    return Backbone(name=name, preprocess=preprocess, dim=dim, locate_weights=locate, build_onnx=build,
+                    output=meta.get("output", "pooled"), licence=str(meta.get("licence", "")))
+
+
 def get_backbone(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise ModelUnavailable(f"unknown model {name!r}; choose from: {', '.join(BACKBONES)}")
-    return BACKBONES[name]()
+    if name in BACKBONES:
+        return BACKBONES[name]()
+    if is_model_dir(name):
+        return _tuned(Path(name).expanduser())
+    raise ModelUnavailable(f"unknown model {name!r}; choose from: {', '.join(BACKBONES)}, "
+                           "or a model directory made by `imagefinder train`")
 
 
 def parse_model_spec(spec: str) -> list[str]:
