@@ -1,8 +1,12 @@
-# ImageFinder: `make demo` (set up + index the built-in sample + search), `make test`.
+# ImageFinder: `make demo` (set up + index the built-in sample + search), `make test`, `make run`.
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+API_PORT ?= 8000
+WEB_PORT ?= 5000
+INDEX ?=
 
-.PHONY: setup demo test run lint clean
+.PHONY: setup demo test run serve-api serve-web bench-api lint clean
 
 setup:
 	bash scripts/setup.sh
@@ -12,10 +16,24 @@ demo: setup
 
 test: setup
 	bash scripts/setup.sh --browser
-	$(BIN)/python -m pytest -q
+	$(PYTHON) -m pytest -q
+
+## API (http://127.0.0.1:8000/docs) + web page (http://127.0.0.1:5000); builds the sample index
+## on first use unless INDEX=DIR is given; Ctrl-C stops both.
+run: setup
+	$(PYTHON) -m imagefinder.serve --api-port $(API_PORT) --web-port $(WEB_PORT) $(if $(INDEX),--index "$(INDEX)")
+
+serve-api: setup  ## only the API (same as `cd api && uvicorn app:app`)
+	$(PYTHON) -m imagefinder.api --port $(API_PORT) $(if $(INDEX),--index "$(INDEX)")
+
+serve-web: setup  ## only the web page (same as `cd app && python app.py`)
+	$(PYTHON) -m imagefinder.web --port $(WEB_PORT) --api-url http://127.0.0.1:$(API_PORT)
+
+bench-api: setup  ## 32 concurrent clients x 30 s of searches against a local API
+	$(PYTHON) benchmarks/api_load.py --clients 32 --duration 30
 
 lint: setup
-	$(BIN)/python -m ruff check src tests benchmarks scripts
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf sample scripts/output test-artifacts .pytest_cache

@@ -28,11 +28,18 @@ EPILOG = """examples:
   imagefinder search my-index query.jpg -k 5        the 5 most similar images
   imagefinder search my-index https://host/q.jpg --json
   imagefinder evaluate ../shared/data/ukbench1000 --json
+  imagefinder evaluate DATA --model efficientnet-lite0@gem3,ms --qe 2 --rerank 30 --latency 50
+  imagefinder duplicates my-index --json            exact / near-duplicate / similar groups
   imagefinder info my-index
 """
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # its own parser (imagefinder.serve): pass every option through
+        from .serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -61,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _evaluate_parser(sub)
     _info_parser(sub)
+    _duplicates_parser(sub)
     _update_parsers(sub)
     _sample_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -73,7 +82,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
-                   help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}")
+                   help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}. "
+                        "Pooling options after '@', ensemble weights after ':', e.g. efficientnet-lite0@gem3,ms or "
+                        "efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, gem/gemP, ms/msA_B, powA; recorded in "
+                        "the manifest and used for every query)")
     p.add_argument("--pca", type=int, metavar="D", help="reduce features to D dims with PCA before indexing")
     p.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
     p.add_argument("--clusters", type=int, metavar="K",
@@ -101,6 +113,8 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     p.add_argument("--workers", type=int, help="download/decode threads (default 2x cores, at least 4)")
     p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
+    p.add_argument("--local-features", action="store_true",
+                   help="also extract the local features that `search --rerank` uses (else: on first use)")
     _common(p)
     p.set_defaults(func=cmd_index)
 
@@ -110,6 +124,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     report = build_index(args.sources, args.out, _config(args), batch_size=args.batch_size,
                          workers=args.workers, progress=_progress(args))
+    if args.local_features and report.indexed:
+        from .finder import ImageFinder
+
+        finder = ImageFinder(report.path)
+        finder.reranker().precompute(finder.store, progress=_progress(args))
     return _print_report(report, args.json, verb="indexed")
 
 
@@ -137,11 +156,24 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("query", metavar="QUERY", help="image path or http(s) URL")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--metric", choices=METRICS, default="cosine",
-                   help="cosine similarity (default), euclidean distance on raw features, or vote (rank fusion)")
+                   help="cosine similarity (default), euclidean distance on raw features, vote (rank fusion), or "
+                        "fusion (weighted rank fusion of ensemble members)")
+    _query_options(p)
     p.add_argument("--json", action="store_true",
                    help='print {"query": ..., "results": [{"rank", "id", "source", "score"}, ...]}')
     _common(p)
     p.set_defaults(func=cmd_search)
+
+
+def _query_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qe", type=int, default=0, metavar="N",
+                   help="query expansion: re-search with the query averaged with its top N results (default 0: off)")
+    p.add_argument("--qe-alpha", type=float, default=3.0, metavar="A",
+                   help="alpha-QE weight exponent: results weigh similarity^A (0: plain average; default 3)")
+    p.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="spatially verify the top N results with local features + RANSAC (default 0: off)")
+    p.add_argument("--rerank-budget", type=float, default=2.0, metavar="S",
+                   help="seconds of re-ranking per query at most (default 2)")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -149,8 +181,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise SourceError(f"-k must be at least 1, got {args.k}")
+    if args.qe < 0 or args.rerank < 0:
+        raise SourceError("--qe and --rerank must be >= 0")
     finder = ImageFinder(args.index)
-    results = finder.search(args.query, k=args.k, metric=args.metric)
+    results = finder.search(args.query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
+                            rerank=args.rerank, rerank_budget=args.rerank_budget)
     if args.json:
         print(json.dumps({"query": args.query, "metric": args.metric,
                           "results": [r.to_dict() for r in results]}))
@@ -171,6 +206,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     _model_options(p)
     p.add_argument("--metric", choices=METRICS, default="cosine", help="ranking to evaluate (default cosine)")
+    _query_options(p)
+    p.add_argument("--dba", type=int, default=0, metavar="N",
+                   help="database-side augmentation with N neighbours (exact index without PCA only; default off)")
+    p.add_argument("--latency", type=int, default=0, metavar="N",
+                   help="also time N single queries from their files: latency_ms_p50, latency_cpu_ms_p50")
     p.add_argument("--out", type=Path, metavar="DIR", help="keep the index built for the evaluation here")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with the metrics")
     _common(p)
@@ -180,7 +220,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    metrics = evaluate(args.data_dir, _config(args), metric=args.metric, out=args.out, progress=_progress(args))
+    metrics = evaluate(args.data_dir, _config(args), metric=args.metric, out=args.out, progress=_progress(args),
+                       qe=args.qe, qe_alpha=args.qe_alpha, dba=args.dba, rerank=args.rerank,
+                       rerank_budget=args.rerank_budget, latency=args.latency)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -213,6 +255,53 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {n:>6} x {reason}")
     for f in info["failures"]:
         print(f"  failed #{f['id']}: {f['source']}: {f['error']}")
+    return EXIT_OK
+
+
+def _duplicates_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("duplicates", help="list exact duplicates, near-duplicates and similar images",
+                       description="Group the images of an index (or of a folder, indexed first into a temporary "
+                                   "directory with --model) in three tiers: exact (same file content), near "
+                                   "(resized / re-encoded / cropped copies: cosine >= --threshold) and similar "
+                                   "(same object or scene: cosine >= --similar). Pairs come from each image's "
+                                   "nearest neighbours in the index, never all pairs.")
+    p.add_argument("path", type=Path, metavar="DIR", help="index directory, or a folder of images")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="near-duplicate cosine threshold (default: calibrated for the model, 0.90 for "
+                        "efficientnet-lite0)")
+    p.add_argument("--similar", type=float, metavar="T", help="similar-image cosine threshold (default: calibrated)")
+    p.add_argument("--neighbours", type=int, default=20, metavar="K", help="neighbours checked per image (default 20)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="M", help="model for indexing a folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object: thresholds and groups per tier")
+    _common(p)
+    p.set_defaults(func=cmd_duplicates)
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .duplicates import TIERS, duplicates_of_path
+
+    with tempfile.TemporaryDirectory(prefix="imagefinder-dups-") as tmp:
+        path = args.path
+        if not (path / "manifest.json").is_file():
+            if not path.is_dir():
+                raise SourceError(f"{path}: not an index directory or a folder of images")
+            from .pipeline import build_index
+
+            path = build_index([str(path)], Path(tmp) / "index", IndexConfig(model=args.model),
+                               progress=_progress(args)).path
+        result = duplicates_of_path(path, near=args.threshold, similar=args.similar, neighbours=args.neighbours)
+    if args.json:
+        print(json.dumps({**result, **{t: [g.to_dict() for g in result[t]] for t in TIERS}}))
+        return EXIT_OK
+    th = result["thresholds"]
+    print(f"thresholds: near >= {th['near']:.3f}, similar >= {th['similar']:.3f} (cosine, {result['model']})")
+    for tier in TIERS:
+        groups = result[tier]
+        print(f"\n{tier}: {len(groups)} group(s)")
+        for g in groups:
+            print(f"  [{g.score:.3f}] " + "  ".join(g.sources))
     return EXIT_OK
 
 
@@ -270,6 +359,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{r.rank:>4}  {r.score:.4f}  {Path(r.source).name}")
     print(f"next: imagefinder search {report.path} YOUR_IMAGE.jpg")
     return EXIT_OK
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the REST API (:8000) and the web page (:5000) together",
+                       add_help=False, description="See `imagefinder serve --help`.")
+    p.add_argument("serve_args", nargs=argparse.REMAINDER)  # listed in --help; main() dispatches it
 
 
 def _progress(args: argparse.Namespace) -> bool:

@@ -1,0 +1,127 @@
+"""Request bodies and images from strangers: size caps while reading, magic bytes, pixel caps.
+
+Every check raises HTTPException with the status a client can act on:
+413 (too big: bytes or pixels), 415 (not an image type we read), 422 (a broken image or
+a bad field). Messages say what to fix and never echo server paths.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from PIL import Image
+from starlette.datastructures import FormData
+from starlette.requests import ClientDisconnect
+from starlette.types import Message
+
+from ..download import sniff_image_type
+from ..images import MAX_PIXELS, Decoded, ImageError, open_image
+
+FORMATS = "JPEG, PNG, GIF, WebP, BMP or TIFF"
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tif"}
+DRAFT_SIZE = 512  # big JPEG queries decode at reduced scale (>= every backbone's input size)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n:,} bytes"
+
+
+def too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"the upload is too large: the limit is {_mb(limit)}; send a smaller image")
+
+
+async def read_body(request: Request, limit: int, shown_limit: int | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    `shown_limit` is the size the error message quotes (the image cap, without the room
+    allowed for multipart headers).
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is
+    counted while it streams, so no more than `limit` bytes are ever held.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HTTPException(400, "invalid Content-Length header") from None
+        if size > limit:
+            raise too_large(shown_limit or limit)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large(shown_limit or limit)
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before sending the whole request") from None
+    return bytes(body)
+
+
+async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
+    """Multipart form from an already size-checked body (Starlette re-reads it from memory)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(max_files=max_files, max_fields=20)
+    except HTTPException as exc:
+        raise HTTPException(422, f"malformed multipart/form-data body: {exc.detail}") from None
+    except Exception as exc:  # noqa: BLE001 - the multipart parser's own errors, whatever their type
+        raise HTTPException(422, f"malformed multipart/form-data body: {exc}") from None
+
+
+@dataclass
+class CheckedImage:
+    data: bytes
+    kind: str  # jpeg, png, ...
+    decoded: Decoded
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.kind]
+
+
+def check_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "the file") -> CheckedImage:
+    """Bytes -> a decoded image, or the HTTP error that tells the client what to fix."""
+    if not data:
+        raise HTTPException(422, f"{what} is empty (0 bytes); choose an image file")
+    if len(data) > max_bytes:
+        raise too_large(max_bytes)
+    kind = sniff_image_type(data[:12])
+    if kind is None:
+        raise HTTPException(415, f"{what} is not a supported image: its contents are not {FORMATS} "
+                                 "(the type is checked from the file's first bytes, not its name)")
+    width, height = _probe_size(data)
+    limit = min(max_pixels, MAX_PIXELS)
+    if width and height and width * height > limit:
+        raise HTTPException(413, f"the image is too large: {width}x{height} = {width * height:,} pixels, "
+                                 f"the limit is {limit:,}; resize it and try again")
+    try:
+        decoded = open_image(data, draft_size=DRAFT_SIZE)
+    except ImageError as exc:
+        message = str(exc)
+        if message.startswith(("too many pixels", "decompression bomb")):
+            raise HTTPException(413, f"the image is too large: {message}; resize it and try again") from None
+        raise HTTPException(422, f"cannot read {what} as a {kind.upper()} image: {message}") from None
+    return CheckedImage(data, kind, decoded)
+
+
+def _probe_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the header alone (no pixel decoding), (0, 0) if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as probe:
+                return probe.size
+    except Exception:  # noqa: BLE001 - corrupt files get a proper message from open_image below
+        return 0, 0
