@@ -24,7 +24,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 # torch first and exactly: a looser spec makes pip fetch a multi-GB CUDA build. Off this
 # machine, add --index-url https://download.pytorch.org/whl/cpu for the CPU wheel.
 pip install torch==2.13.0
-pip install -r requirements/base.txt -r requirements/serve.txt -r requirements/test.txt
+pip install -r requirements/base.txt -r requirements/serve.txt -r requirements/scale.txt -r requirements/train.txt -r requirements/test.txt
 pip install --no-deps -r requirements/nodeps.txt
 pip install --no-deps -e .
 echo "$want" > "$stamp"

@@ -9,8 +9,7 @@ import pytest
 
 from imagefinder.embed import Embedder
 from imagefinder.images import open_image
-from imagefinder.models import BACKBONES, ModelUnavailable, OnnxModel, get_backbone, parse_model_spec
-from imagefinder.models import registry
+from imagefinder.models import BACKBONES, ModelUnavailable, OnnxModel, get_backbone, parse_model_spec, registry
 
 SHIPPED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "dinov2-s", "resnet50-thin"]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ukbench1000" / "images"

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, train_cli
 from .images import ImageError
 from .index import IndexConfig, IndexError_
 from .models import BACKBONES, DEFAULT_MODEL, ModelUnavailable
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _info_parser(sub)
     _duplicates_parser(sub)
     _update_parsers(sub)
+    _rebuild_parser(sub)
+    train_cli.register(sub)
     _sample_parser(sub)
     _serve_parser(sub)
     return parser
@@ -115,15 +117,40 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
     p.add_argument("--local-features", action="store_true",
                    help="also extract the local features that `search --rerank` uses (else: on first use)")
+    _scale_options(p)
     _common(p)
     p.set_defaults(func=cmd_index)
+
+
+def _scale_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-recall", type=float, default=0.95, metavar="R",
+                   help="recall@10 vs exact search that nprobe/efSearch are tuned for above 50k images (default 0.95)")
+    p.add_argument("--rerank", type=int, metavar="N",
+                   help="re-score the top N candidates exactly from the stored features (default: auto, on for "
+                        "compressed indexes; 0 = off)")
+    p.add_argument("--store", metavar="URI",
+                   help="keep the vectors in Milvus instead of the FAISS file: ./vectors.db (Milvus Lite) or "
+                        "milvus://host:19530")
+    p.add_argument("--ray", action="store_true", help="embed with a Ray Data pipeline on a local Ray instance")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="embed on a Ray cluster (ray://head:10001, or auto on a node of it); implies --ray")
+
+
+def _runner(args: argparse.Namespace):
+    if not (args.ray or args.ray_address):
+        return None
+    from .runners import RayRunner
+
+    return RayRunner(address=args.ray_address)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .pipeline import build_index
 
-    report = build_index(args.sources, args.out, _config(args), batch_size=args.batch_size,
-                         workers=args.workers, progress=_progress(args))
+    config = _config(args)
+    config.target_recall, config.rerank, config.store = args.target_recall, args.rerank, args.store
+    report = build_index(args.sources, args.out, config, batch_size=args.batch_size,
+                         workers=args.workers, progress=_progress(args), runner=_runner(args))
     if args.local_features and report.indexed:
         from .finder import ImageFinder
 
@@ -165,6 +192,15 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
+def _check_query_options(args: argparse.Namespace) -> None:
+    if args.qe < 0 or args.rerank < 0:
+        raise SourceError("--qe and --rerank must be >= 0")
+    if args.qe and args.metric not in ("cosine", "fusion"):
+        raise SourceError(f"--qe works with --metric cosine or fusion, not {args.metric}")
+    if args.rerank and args.metric == "euclidean":
+        raise SourceError("--rerank adds to similarity scores: use --metric cosine, vote or fusion")
+
+
 def _query_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qe", type=int, default=0, metavar="N",
                    help="query expansion: re-search with the query averaged with its top N results (default 0: off)")
@@ -181,8 +217,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise SourceError(f"-k must be at least 1, got {args.k}")
-    if args.qe < 0 or args.rerank < 0:
-        raise SourceError("--qe and --rerank must be >= 0")
+    _check_query_options(args)
     finder = ImageFinder(args.index)
     results = finder.search(args.query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
                             rerank=args.rerank, rerank_budget=args.rerank_budget)
@@ -220,6 +255,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
+    _check_query_options(args)
     metrics = evaluate(args.data_dir, _config(args), metric=args.metric, out=args.out, progress=_progress(args),
                        qe=args.qe, qe_alpha=args.qe_alpha, dba=args.dba, rerank=args.rerank,
                        rerank_budget=args.rerank_budget, latency=args.latency)
@@ -241,8 +277,10 @@ def _info_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .finder import ImageFinder
+    from .index import drift_report
 
-    info = ImageFinder(args.index).info()
+    finder = ImageFinder(args.index)
+    info = {**finder.info(), "drift": drift_report(finder.store)}
     if args.json:
         print(json.dumps(info))
         return EXIT_OK
@@ -251,24 +289,38 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model      {info['model']}  ({info['embedding_dim']}-d)")
     print(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
     print(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
+    tuning = finder.manifest.get("tuning")
+    if tuning or finder.manifest.get("store"):
+        where = finder.manifest["store"]["uri"] if finder.manifest.get("store") else "faiss"
+        tuned = (f"{tuning['param']}={tuning['value']} tuned for recall@10 {tuning['target_recall']} "
+                 f"(measured {tuning['recall_at_10']:.3f})" if tuning else "exact")
+        print(f"search     {where}: {tuned}, re-rank {finder.manifest.get('rerank') or 'off'}")
     for reason, n in info["failure_reasons"].items():
         print(f"  {n:>6} x {reason}")
     for f in info["failures"]:
         print(f"  failed #{f['id']}: {f['source']}: {f['error']}")
+    _print_drift(info["drift"])
     return EXIT_OK
+
+
+def _print_drift(d: dict) -> None:
+    signals = ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in d["signals"].items()) or "none measured"
+    print(f"drift      {d['added_since_training']} added since training on {d['trained_on']}; {signals}")
+    for reason in d["reasons"]:
+        print(f"  rebuild recommended: {reason}  (imagefinder rebuild DIR)")
 
 
 def _duplicates_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("duplicates", help="list exact duplicates, near-duplicates and similar images",
                        description="Group the images of an index (or of a folder, indexed first into a temporary "
                                    "directory with --model) in three tiers: exact (same file content), near "
-                                   "(resized / re-encoded / cropped copies: cosine >= --threshold) and similar "
+                                   "(resized / re-encoded / cropped copies: pixel check, or cosine >= --threshold) and similar "
                                    "(same object or scene: cosine >= --similar). Pairs come from each image's "
                                    "nearest neighbours in the index, never all pairs.")
     p.add_argument("path", type=Path, metavar="DIR", help="index directory, or a folder of images")
     p.add_argument("--threshold", type=float, metavar="T",
-                   help="near-duplicate cosine threshold (default: calibrated for the model, 0.90 for "
-                        "efficientnet-lite0)")
+                   help="near-duplicate cosine threshold; giving it turns off the default pixel check "
+                        "(aligned thumbnails, NCC >= 0.898) that decides near-duplicates among similar pairs")
     p.add_argument("--similar", type=float, metavar="T", help="similar-image cosine threshold (default: calibrated)")
     p.add_argument("--neighbours", type=int, default=20, metavar="K", help="neighbours checked per image (default 20)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="M", help="model for indexing a folder")
@@ -296,12 +348,12 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         print(json.dumps({**result, **{t: [g.to_dict() for g in result[t]] for t in TIERS}}))
         return EXIT_OK
     th = result["thresholds"]
-    print(f"thresholds: near >= {th['near']:.3f}, similar >= {th['similar']:.3f} (cosine, {result['model']})")
+    print(f"near-duplicates: {th['near_by']}; similar: cosine >= {th['similar']:.3f} ({result['model']})")
     for tier in TIERS:
         groups = result[tier]
         print(f"\n{tier}: {len(groups)} group(s)")
         for g in groups:
-            print(f"  [{g.score:.3f}] " + "  ".join(g.sources))
+            print(f"  [{g.score:.3f}] " + "  ".join(g.sources))  # lowest cosine inside the group
     return EXIT_OK
 
 
@@ -334,6 +386,46 @@ def cmd_remove(args: argparse.Namespace) -> int:
     removed = remove_from_index(args.index, args.ids)
     print(f"removed {removed} of {len(args.ids)} ids from {args.index}")
     return EXIT_OK if removed else EXIT_EMPTY
+
+
+def _rebuild_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rebuild", help="retrain PCA / clusters from the stored features (no re-embedding)",
+                       description="Retrain the index of DIR from its stored raw features as a new generation "
+                                   "(ids stay; the index type is re-chosen for today's size unless --index is "
+                                   "given). --check only reports the drift signals: IVF list imbalance, PCA "
+                                   "residual and centroid distance of images added since training, growth.")
+    p.add_argument("index", type=Path, metavar="DIR")
+    p.add_argument("--check", action="store_true", help="report drift and whether a rebuild is recommended")
+    p.add_argument("--index", dest="spec", metavar="SPEC", help="FAISS factory string to rebuild with")
+    p.add_argument("--target-recall", type=float, metavar="R", help="tuning target (default: as built)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p)
+    p.set_defaults(func=cmd_rebuild)
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from .index import read_manifest
+    from .pipeline import rebuild_index
+
+    config = None
+    if not args.check and (args.spec or args.target_recall):
+        config = IndexConfig.from_manifest(read_manifest(args.index))
+        config.spec = args.spec or config.spec
+        config.target_recall = args.target_recall or config.target_recall
+    result = rebuild_index(args.index, config, check=args.check)
+    if args.json:
+        print(json.dumps(result))
+    elif args.check:
+        print(f"index      {args.index}  ({result['index_spec']}, trained {result['trained_at']})")
+        _print_drift(result)
+        if not result["rebuild_recommended"]:
+            print("no rebuild needed")
+    else:
+        t = result["tuning"]
+        tuned = f", {t['param']}={t['value']} recall@10={t['recall_at_10']:.3f}" if t else ""
+        print(f"rebuilt {args.index}: {result['previous']['index_spec']} -> {result['index_spec']} over "
+              f"{result['indexed']} images in {result['seconds']:.1f} s (generation {result['generation']}{tuned})")
+    return EXIT_OK
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:

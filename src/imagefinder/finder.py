@@ -50,6 +50,7 @@ class ImageFinder:
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
         self._embedder: Embedder | None = None
+        self._reranker = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
 
@@ -89,19 +90,28 @@ class ImageFinder:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.manifest["model"])
+                self._embedder = Embedder.for_manifest(self.manifest)
             return self._embedder
 
     def space(self, store: Store | None = None) -> SearchSpace:
         store = store or self.store
         m = store.manifest
+        weights = [float(x.get("weight", 1.0)) for x in m.get("members", [])] or None
         return SearchSpace(store.index, store.embeddings, [tuple(s) for s in m.get("member_slices", [])],
-                           is_exact(m["index_spec"]))
+                           is_exact(m["index_spec"]), weights)
+
+    def reranker(self, **options):
+        """The spatial re-ranker of this index (local features cached in INDEX/local/), made once."""
+        from .rerank import SpatialReranker
+
+        with self._lock:
+            if self._reranker is None or options:
+                self._reranker = SpatialReranker(self.path, **options)
+            return self._reranker
 
     def embed(self, query: Query) -> np.ndarray:
         """Raw backbone features of one query (path, http(s) URL, bytes or PIL image)."""
-        image = query if isinstance(query, Image.Image) else open_image(self._query_bytes(query)).image
-        return self.embedder.embed_images([image.convert("RGB")])[0]
+        return self.embedder.embed_images([self._image(query)])[0]
 
     def _query_bytes(self, query: str | Path | bytes) -> bytes | Path:
         if isinstance(query, bytes):
@@ -116,22 +126,54 @@ class ImageFinder:
             raise ImageError(f"{query}: no such image file")
         return path
 
-    def search(self, query: Query, k: int = 10, metric: str = "cosine") -> list[Result]:
-        return self.search_vectors(self.embed(query)[None], k, metric)[0]
+    def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
+               rerank: int = 0, rerank_budget: float | None = 2.0) -> list[Result]:
+        """Top-k images for a query image.
 
-    def search_id(self, item_id: int, k: int = 10, metric: str = "cosine") -> list[Result]:
+        qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
+        rerank: spatially verify the top `rerank` results with local features (see `rerank`),
+        spending at most `rerank_budget` seconds on it.
+        """
+        image = self._image(query) if rerank else None
+        vector = self.embedder.embed_images([image])[0] if image is not None else self.embed(query)
+        local = self.reranker().query_features(image) if rerank else None
+        return self.search_vectors(vector[None], k, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
+                                   rerank_budget=rerank_budget, local_queries=[local] if rerank else None)[0]
+
+    def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
+                  rerank: int = 0, rerank_budget: float | None = 2.0) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
         store = self.store
-        if store.records([item_id]).get(item_id, {}).get("status") != "ok":
+        record = store.records([item_id]).get(item_id, {})
+        if record.get("status") != "ok":
             raise KeyError(f"no indexed image with id {item_id}")
-        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric)[0]
+        local = None
+        if rerank:
+            local = [self.reranker().cache.get(item_id, record, store.thumbnail_path(item_id))]
+        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric, qe=qe,
+                                   qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
+                                   local_queries=local)[0]
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine") -> list[list[Result]]:
+    def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine", *, qe: int = 0,
+                       qe_alpha: float = 3.0, rerank: int = 0, rerank_budget: float | None = 2.0,
+                       local_queries: list | None = None) -> list[list[Result]]:
+        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`."""
         store = self.store  # one consistent generation even if an update lands meanwhile
         if store.index is None:
             return [[] for _ in range(len(queries))]
-        hits = search(self.space(store), queries, k, metric)
-        return [self._results(store, h) for h in hits]
+        if rerank and metric == "euclidean":
+            raise ValueError("re-ranking adds to similarity scores: use it with cosine, vote or fusion, not euclidean")
+        depth = max(k, rerank) if rerank else k
+        hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha)
+        if rerank and local_queries is not None:
+            reranker = self.reranker()
+            hits = [h if lf is None else reranker.rerank(lf, h, store, top=rerank, budget_s=rerank_budget)
+                    for h, lf in zip(hits, local_queries)]
+        return [self._results(store, h[:k]) for h in hits]
+
+    def _image(self, query: Query) -> Image.Image:
+        image = query if isinstance(query, Image.Image) else open_image(self._query_bytes(query)).image
+        return image.convert("RGB")
 
     def _results(self, store: Store, hits: list[Hit]) -> list[Result]:
         rows = store.records([h.id for h in hits])

@@ -43,7 +43,7 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
+    def from_dict(cls, data: dict) -> Preprocess:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 

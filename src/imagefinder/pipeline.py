@@ -1,8 +1,11 @@
 """Build an index: sources -> fetch -> decode/preprocess -> embed -> reduce/index -> artifact.
 
 Stages are plain functions over items and batches (`load_item`, `Embedder.embed_prepared`);
-the local runner below overlaps them with a thread pool: downloads and JPEG decoding release
-the GIL, so they proceed while onnxruntime runs the previous batch on all cores.
+a runner executes them (runners.py): the local one (`run_local`, below) overlaps them with a
+thread pool - downloads and JPEG decoding release the GIL, so they proceed while onnxruntime
+runs the previous batch on all cores - and the Ray one runs the same functions as a Ray Data
+pipeline, on this machine or a cluster. Everything after the features (index choice,
+training, tuning, the artifact) is the same whichever runner embedded them.
 """
 
 from __future__ import annotations
@@ -15,20 +18,35 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
 from .download import DownloadConfig, Downloader
-from .embed import Embedder, l2_normalize
+from .embed import Embedder
 from .images import THUMBNAIL_SIZE, ImageError, open_image, thumbnail_jpeg
 from .index import (
-    THUMBS, ArtifactWriter, IndexConfig, IndexError_, Record, Store, build_faiss, choose_spec, cluster_labels,
-    commit_update, ivf_of, make_manifest, read_manifest, recover, writer_lock,
+    THUMBS,
+    ArtifactWriter,
+    IndexConfig,
+    IndexError_,
+    Record,
+    Store,
+    build_vectors,
+    commit_update,
+    drift_report,
+    make_manifest,
+    read_manifest,
+    rebuild,
+    recover,
+    writer_lock,
 )
 from .models import registry
 from .sources import Item, SourceError, expand_sources
+
+if TYPE_CHECKING:
+    from .runners import Runner
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +165,13 @@ def build_index(
     progress: bool = False,
     download: DownloadConfig | None = None,
     embedder: Embedder | None = None,
+    runner: Runner | None = None,
 ) -> BuildReport:
-    """Index every image of `sources` into the directory `out` (replaced atomically)."""
+    """Index every image of `sources` into the directory `out` (replaced atomically).
+
+    `runner` executes fetch/decode/embed: `LocalRunner()` (default, threads) or
+    `RayRunner(address)` (runners.py); the resulting artifact is the same.
+    """
     config = config or IndexConfig()
     start = time.perf_counter()
     items = _expand_nonempty(sources)
@@ -156,7 +179,7 @@ def build_index(
     writer = ArtifactWriter(Path(out))
     try:
         records, raw = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size, workers=workers,
-                                   progress=progress, download=download)
+                                   progress=progress, download=download, runner=runner)
         return _finish(writer, records, raw, config, embedder, start)
     except BaseException:
         writer.abort()
@@ -173,8 +196,11 @@ def _expand_nonempty(sources: Sequence[str]) -> list[Item]:
 def embed_items(
     items: Sequence[Item], first_id: int, embedder: Embedder, thumbs: Path, *, batch_size: int = 32,
     workers: int | None = None, progress: bool = False, download: DownloadConfig | None = None,
+    runner: Runner | None = None,
 ) -> tuple[list[Record], np.ndarray]:
     """Fetch, decode and embed `items` as ids first_id.. ; thumbnails go to `thumbs`."""
+    from .runners import LocalRunner
+
     records: list[Record] = []
 
     def on_loaded(x: Loaded) -> None:
@@ -182,21 +208,20 @@ def embed_items(
         if x.thumbnail is not None:
             (thumbs / f"{x.record.id}.jpg").write_bytes(x.thumbnail)
 
-    config = download or default_download_config()
-    downloader = Downloader(config) if any(i.is_url for i in items) else None
-    # Downloads wait on the network, decoding on the CPU: size the pool for whichever dominates.
-    workers = workers or (config.workers if downloader else max(4, (os.cpu_count() or 2) * 2))
-    try:
-        raw = run_local(items, embedder, downloader, batch_size, workers, on_loaded, progress, first_id)
-    finally:
-        if downloader is not None:
-            downloader.close()
+    runner = runner or LocalRunner(workers=workers)
+    raw = runner.run(items, first_id, embedder, download or default_download_config(), batch_size, on_loaded, progress)
+    records.sort(key=lambda r: r.id)  # a distributed runner hands results back in any order
     return records, raw
+
+
+def local_workers(download: DownloadConfig, has_urls: bool, workers: int | None) -> int:
+    """Downloads wait on the network, decoding on the CPU: size the pool for whichever dominates."""
+    return workers or (download.workers if has_urls else max(4, (os.cpu_count() or 2) * 2))
 
 
 def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder | None = None,
                  skip_existing: bool = True, progress: bool = False, download: DownloadConfig | None = None,
-                 batch_size: int = 32) -> BuildReport:
+                 batch_size: int = 32, runner: Runner | None = None) -> BuildReport:
     """Add images to an existing index without rebuilding it: same PCA, same clusters, new ids."""
     path = Path(path)
     start = time.perf_counter()
@@ -209,11 +234,11 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
             known = store.ids_by_source()
             store.close()
             items = [i for i in items if i.source not in known]
-        embedder = embedder or Embedder(manifest["model"])
+        embedder = embedder or Embedder.for_manifest(manifest)
         if embedder.model != manifest["model"]:
             raise IndexError_(f"{path} was built with {manifest['model']}, not {embedder.model}")
         records, raw = embed_items(items, int(manifest["rows"]), embedder, path / THUMBS, batch_size=batch_size,
-                                   progress=progress, download=download)
+                                   progress=progress, download=download, runner=runner)
         manifest = commit_update(path, records, raw, [])
     return _report(path, records, manifest["index_spec"], time.perf_counter() - start)
 
@@ -235,26 +260,77 @@ def remove_from_index(path: Path | str, ids: Sequence[int]) -> int:
 def _finish(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
             embedder: Embedder, start: float) -> BuildReport:
     """Reduce + index the good vectors, label clusters, write the artifact."""
+    return finish_artifact(writer, records, raw, config, embedder.info(), embedder.member_slices, embedder.dim, start)
+
+
+def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
+                    members: list, member_slices: list, dim: int, start: float) -> BuildReport:
+    """Everything after the features: choose/train/tune the index (or fill the Milvus store), write."""
     ok = np.array([r.id for r in records if r.status == "ok"], dtype=np.int64)
-    spec = choose_spec(len(ok), embedder.dim, config)
-    index, clusters, extra = None, None, {"clusters": 0}
-    if len(ok):
-        vectors = l2_normalize(raw[ok])
-        index = build_faiss(vectors, ok, spec, config.nprobe)
-        clusters = cluster_labels(index, vectors, config.clusters)
-        for rid, label in zip(ok, clusters.labels):
+    built = build_vectors(raw, ok, config, rows=len(records))
+    extra = dict(built.fields)
+    if config.store and len(ok):
+        from .index import unit_rows
+        from .stores import create_vector_store
+
+        vstore = create_vector_store(config.store, dim, writer.out_dir)
+        try:
+            for s in range(0, len(ok), 65_536):
+                vstore.insert(ok[s:s + 65_536], unit_rows(raw, ok[s:s + 65_536]))
+        except BaseException:
+            vstore.drop()
+            raise
+        extra["store"] = vstore.info
+    if built.clusters is not None:
+        for rid, label in zip(ok, built.clusters.labels):
             records[rid].cluster = int(label)
-        extra = {"clusters": int(clusters.k), "cluster_source": clusters.source, "nprobe": _nprobe(index)}
-    report = _report(writer.out_dir, records, spec, time.perf_counter() - start)
+    report = _report(writer.out_dir, records, built.spec, time.perf_counter() - start)
     counts = {"items": report.items, "indexed": report.indexed, "failed": report.failed, "removed": 0}
     extra["build_seconds"] = round(report.seconds, 3)
-    manifest = make_manifest(config, embedder.info(), spec, embedder.dim, counts,
-                             {**extra, "member_slices": embedder.member_slices,
-                              "failure_reasons": report.failure_reasons})
-    writer.commit(records, raw, index, manifest, clusters.centroids if clusters else None)
-    log.info("indexed %d of %d images into %s (%d failed)", report.indexed, report.items, writer.out_dir,
-             report.failed)
+    manifest = make_manifest(config, members, built.spec, dim, counts,
+                             {**extra, "member_slices": member_slices, "failure_reasons": report.failure_reasons})
+    try:
+        writer.commit(records, raw, built.index, manifest, built.clusters.centroids if built.clusters else None)
+    except BaseException:
+        if extra.get("store"):
+            from .stores import open_vector_store
+
+            open_vector_store(extra["store"]).drop()
+        raise
+    log.info("indexed %d of %d images into %s (%s, %d failed)", report.indexed, report.items, writer.out_dir,
+             built.spec, report.failed)
     return report
+
+
+def index_features(out: Path | str, features: np.ndarray, config: IndexConfig | None = None, *,
+                   sources: Sequence[str] | None = None, members: list | None = None) -> BuildReport:
+    """An artifact from features computed elsewhere (benchmarks, migrations): no images, no thumbnails.
+
+    `features` are raw backbone features, row = id (float16/float32, memory-mapped is fine).
+    The index, tuning and manifest are built exactly as by `build_index`.
+    """
+    config = config or IndexConfig()
+    start = time.perf_counter()
+    sources = sources if sources is not None else [f"vector:{i}" for i in range(len(features))]
+    records = [Record(id=i, source=str(src)) for i, src in enumerate(sources)]
+    writer = ArtifactWriter(Path(out))
+    try:
+        return finish_artifact(writer, records, features, config, members or [], [[0, features.shape[1]]],
+                               features.shape[1], start)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def rebuild_index(path: Path | str, config: IndexConfig | None = None, check: bool = False) -> dict:
+    """`imagefinder rebuild`: retrain PCA / coarse quantiser from stored features, or only report drift."""
+    if check:
+        store = Store(path)
+        try:
+            return drift_report(store)
+        finally:
+            store.close()
+    return rebuild(Path(path), config)
 
 
 def _report(path: Path, records: list[Record], spec: str, seconds: float) -> BuildReport:
@@ -262,11 +338,6 @@ def _report(path: Path, records: list[Record], spec: str, seconds: float) -> Bui
     return BuildReport(path, len(records), len(records) - len(failed), len(failed), failure_reasons(failed), spec,
                        seconds, len(records) / seconds if seconds else 0.0,
                        [{"id": r.id, "source": r.source, "error": r.error} for r in failed[:20]])
-
-
-def _nprobe(index: faiss.Index) -> int | None:
-    ivf = ivf_of(index)
-    return int(ivf.nprobe) if ivf is not None else None
 
 
 def failure_reasons(failed: Iterable[Record]) -> dict[str, int]:

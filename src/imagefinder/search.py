@@ -7,9 +7,18 @@
   norms (busy images have larger activations), which is where the rankings differ.
 - vote: reciprocal-rank fusion (score = sum 1/(60 + rank)) of the cosine ranking, the
   Euclidean ranking and, for an ensemble `a+b`, each member's own cosine ranking.
+- fusion: for an ensemble, weighted reciprocal-rank fusion of the members' own cosine
+  rankings only (weights from the model spec, `a:1+b:0.5`) - the rank-level alternative to
+  fusing by concatenation (which `cosine` on an ensemble index is).
 
-Euclidean and vote rank a candidate set: every indexed image for an exact index, else the
-top CANDIDATES of the cosine search (so they stay fast on a million images).
+Euclidean, vote and fusion rank a candidate set: every indexed image for an exact index, else
+the top CANDIDATES of the cosine search (so they stay fast on a million images).
+
+Query expansion (`qe=N`, cosine and fusion): alpha-QE (Radenovic et al.): the query is
+replaced by the normalised sum of itself and its top N results, each weighted by
+max(sim, 0)^alpha (alpha=0: plain average QE), and searched again. It is done in the index's
+input space (L2-normalised backbone features), which works for every index type; with PCA
+the chain is affine up to the final normalisation, so this is close to QE after PCA.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import numpy as np
 
 from .embed import l2_normalize
 
-METRICS = ("cosine", "euclidean", "vote")
+METRICS = ("cosine", "euclidean", "vote", "fusion")
 RRF_K = 60
 CANDIDATES = 1000
 
@@ -40,23 +49,67 @@ class SearchSpace:
     embeddings: np.ndarray  # (rows, dim) raw features, row = id
     members: list[tuple[int, int]]
     exact: bool
+    weights: list[float] | None = None  # ensemble member weights (for `fusion`), default all 1
 
 
-def search(space: SearchSpace, queries: np.ndarray, k: int, metric: str = "cosine") -> list[list[Hit]]:
-    """Top-k hits for each row of `queries` (raw backbone features, shape (Q, dim))."""
+def search(space: SearchSpace, queries: np.ndarray, k: int, metric: str = "cosine", *,
+           qe: int = 0, qe_alpha: float = 3.0) -> list[list[Hit]]:
+    """Top-k hits for each row of `queries` (raw backbone features, shape (Q, dim)).
+
+    `qe` > 0 expands each query with its top `qe` results (alpha-QE, `qe_alpha`) first.
+    """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if qe < 0:
+        raise ValueError(f"qe must be >= 0, got {qe}")
+    if qe and metric not in ("cosine", "fusion"):
+        raise ValueError(f"query expansion works with the cosine and fusion metrics, not {metric!r}")
     total = space.index.ntotal
     k = max(0, min(k, total))
     if k == 0:
         return [[] for _ in range(len(queries))]
     queries = np.atleast_2d(np.asarray(queries, np.float32))
+    if qe:
+        queries = expand_queries(space, queries, qe, qe_alpha)
     if metric == "cosine":
         scores, ids = space.index.search(l2_normalize(queries), k)
         return [_hits(i, s) for i, s in zip(ids, scores)]
     depth = total if space.exact else min(total, max(CANDIDATES, 10 * k))
     cos_scores, cand = space.index.search(l2_normalize(queries), depth)
     return [_rank_candidates(space, q, c, s, k, metric) for q, c, s in zip(queries, cand, cos_scores)]
+
+
+def expand_queries(space: SearchSpace, queries: np.ndarray, n: int, alpha: float = 3.0) -> np.ndarray:
+    """alpha-QE: q' = norm(q + sum_i max(s_i,0)^alpha x_i) over the top n results x_i (unit vectors)."""
+    q = l2_normalize(np.atleast_2d(np.asarray(queries, np.float32)))
+    n = min(n, space.index.ntotal)
+    if n <= 0:
+        return q
+    scores, ids = space.index.search(q, n)
+    out = q.copy()
+    for row, (s, i) in enumerate(zip(scores, ids)):
+        keep = i >= 0
+        if not keep.any():
+            continue
+        neighbours = l2_normalize(np.asarray(space.embeddings[i[keep]], np.float32))
+        w = np.maximum(s[keep], 0.0) ** alpha if alpha else np.ones(keep.sum(), np.float32)
+        out[row] = q[row] + (w[:, None] * neighbours).sum(axis=0)
+    return l2_normalize(out)
+
+
+def augment_database(vectors: np.ndarray, n: int, alpha: float = 3.0) -> np.ndarray:
+    """Database-side augmentation (DBA): each unit vector becomes the alpha-QE of itself.
+
+    Exact (n_db x n_db) neighbour search: meant for evaluation and small exact indexes.
+    """
+    x = l2_normalize(np.asarray(vectors, np.float32))
+    if n <= 0 or len(x) < 2:
+        return x
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(x)
+    scores, ids = flat.search(x, min(n + 1, len(x)))  # the vector itself comes first
+    w = np.maximum(scores, 0.0) ** alpha if alpha else np.ones_like(scores)
+    return l2_normalize(np.einsum("ij,ijd->id", w, x[ids]))
 
 
 def _rank_candidates(space: SearchSpace, query: np.ndarray, cand: np.ndarray, cos: np.ndarray, k: int, metric: str) -> list[Hit]:
@@ -67,6 +120,14 @@ def _rank_candidates(space: SearchSpace, query: np.ndarray, cand: np.ndarray, co
     if metric == "euclidean":
         order = np.argsort(dist, kind="stable")[:k]
         return _hits(cand[order], dist[order])
+    if metric == "fusion":
+        members = space.members if len(space.members) > 1 else [(0, raw.shape[1])]
+        weights = list(space.weights or [1.0] * len(members))
+        rankings = [np.argsort(-(l2_normalize(raw[:, a:b]) @ l2_normalize(query[None, a:b])[0]), kind="stable")
+                    for a, b in members]
+        fused = rrf(rankings, len(cand), weights=weights)
+        order = np.argsort(-fused, kind="stable")[:k]
+        return _hits(cand[order], fused[order])
     rankings = [np.argsort(-cos, kind="stable"), np.argsort(dist, kind="stable")]
     if len(space.members) > 1:
         for start, stop in space.members:
@@ -83,12 +144,12 @@ def euclidean(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
-def rrf(rankings: list[np.ndarray], n: int, k0: int = RRF_K) -> np.ndarray:
-    """Reciprocal-rank fusion: each ranking (positions -> item index) adds 1/(k0 + rank)."""
+def rrf(rankings: list[np.ndarray], n: int, k0: int = RRF_K, weights: list[float] | None = None) -> np.ndarray:
+    """Reciprocal-rank fusion: each ranking (positions -> item index) adds w/(k0 + rank)."""
     fused = np.zeros(n, np.float64)
     ranks = np.arange(1, n + 1, dtype=np.float64)
-    for order in rankings:
-        fused[order] += 1.0 / (k0 + ranks)
+    for j, order in enumerate(rankings):
+        fused[order] += (weights[j] if weights else 1.0) / (k0 + ranks)
     return fused
 
 

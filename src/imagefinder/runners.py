@@ -1,0 +1,164 @@
+"""Runners: who executes the ingest stages, not what they do.
+
+The stages are the plain functions of pipeline.py and embed.py - `load_item` (fetch + decode +
+`Embedder.prepare`) per item and `Embedder.embed_prepared` per batch. A runner only decides
+where they run, like clip-retrieval's distributors:
+
+- `LocalRunner`: a thread pool in this process (`pipeline.run_local`). Downloads and JPEG
+  decoding release the GIL and overlap with onnxruntime, which uses every core.
+- `RayRunner`: a Ray Data pipeline, `from_items -> map(load) -> map_batches(embed actors)`,
+  streamed back to the driver with the ids kept. Started on a local Ray instance by default
+  (`--ray`), or joined to a cluster (`--ray-address ray://head:10001`, or `auto` on a node of
+  it): the same code, only the address changes. Every worker needs imagefinder installed and
+  the image paths readable (URLs work anywhere); each node exports the ONNX model once into
+  its own cache ($IMAGEFINDER_CACHE is passed on).
+
+Both return the (n, dim) raw features for ids first_id.. and call `on_loaded` on the driver
+for each item (records, thumbnails), so what happens after embedding is the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .download import DownloadConfig, Downloader
+from .embed import Embedder
+from .index import Record
+from .pipeline import Loaded, load_item, local_workers, run_local
+from .sources import Item
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
+            batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray: ...
+
+
+@dataclass
+class LocalRunner:
+    """Threads in this process: the default."""
+
+    workers: int | None = None
+
+    def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
+            batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray:
+        has_urls = any(i.is_url for i in items)
+        downloader = Downloader(download) if has_urls else None
+        try:
+            return run_local(items, embedder, downloader, batch_size, local_workers(download, has_urls, self.workers),
+                             on_loaded, progress, first_id)
+        finally:
+            if downloader is not None:
+                downloader.close()
+
+
+def embedder_factory(embedder: Embedder, threads: int | None = None) -> Callable[[], Embedder]:
+    """A picklable recipe for the same embedder in another process (model + per-member pooling)."""
+    specs = getattr(embedder, "specs", None)
+    if specs is not None:
+        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs])
+    return functools.partial(Embedder, embedder.model, threads)
+
+
+class LoadStage:
+    """Ray Data `map` UDF: one item -> its record, thumbnail and pickled `prepare` output (`load_item`)."""
+
+    def __init__(self, make_embedder: Callable[[], Embedder], download: DownloadConfig) -> None:
+        self.embedder = make_embedder()  # only its preprocessing is used here
+        self.download = download
+        self.downloader: Downloader | None = None
+
+    def __call__(self, row: dict) -> dict:
+        item = Item(row["source"], json.loads(row["meta"]))
+        if item.is_url and self.downloader is None:
+            self.downloader = Downloader(self.download)
+        loaded = load_item(int(row["id"]), item, self.embedder, self.downloader)
+        return {
+            "id": int(row["id"]),
+            "record": json.dumps(asdict(loaded.record)),
+            "thumbnail": loaded.thumbnail or b"",
+            "prepared": pickle.dumps(loaded.prepared, protocol=5) if loaded.prepared is not None else b"",
+        }
+
+
+class EmbedStage:
+    """Ray Data `map_batches` actor: one model replica; a batch of prepared inputs -> features."""
+
+    def __init__(self, make_embedder: Callable[[], Embedder]) -> None:
+        self.embedder = make_embedder()
+
+    def __call__(self, batch: dict) -> dict:
+        ok = [len(p) > 0 for p in batch["prepared"]]
+        vectors = np.zeros((len(ok), self.embedder.dim), np.float32)
+        good = [pickle.loads(p) for p, g in zip(batch["prepared"], ok) if g]
+        if good:
+            vectors[np.flatnonzero(ok)] = self.embedder.embed_prepared(good)
+        return {"id": batch["id"], "record": batch["record"], "thumbnail": batch["thumbnail"], "vector": vectors}
+
+
+@dataclass
+class RayRunner:
+    """Ray Data: the same stages on a local Ray instance (address None) or a cluster.
+
+    embed_actors: model replicas (default: one per 4 CPUs of the cluster, at least 1);
+    actor_threads: onnxruntime threads (and CPUs reserved) per replica;
+    load_concurrency: decode workers (default: the CPUs left over, at least 1).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None  # for a local instance started here
+    embed_actors: int | None = None
+    actor_threads: int = 1
+    load_concurrency: int | None = None
+
+    def _ray(self):
+        try:
+            import ray
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError('the Ray runner needs `pip install "ray[data]==2.60.0"`') from exc
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in ("IMAGEFINDER_CACHE",) if k in os.environ}
+            kwargs = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False,
+                      "logging_level": logging.WARNING}
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=self.num_cpus, **kwargs)
+        return ray
+
+    def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
+            batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray:
+        ray = self._ray()
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        if not progress:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = self.embed_actors or max(1, cpus // 4)
+        loaders = self.load_concurrency or max(1, cpus - actors * self.actor_threads)
+        rows = [{"id": first_id + i, "source": it.source, "meta": json.dumps(it.meta)} for i, it in enumerate(items)]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(batch_size, 1), 4 * cpus)))
+        pool = ray.data.ActorPoolStrategy
+        ds = ds.map(LoadStage, fn_constructor_args=(embedder_factory(embedder, 1), download),
+                    compute=pool(size=loaders), num_cpus=0.5)
+        ds = ds.map_batches(EmbedStage, fn_constructor_args=(embedder_factory(embedder, self.actor_threads),),
+                            compute=pool(size=actors), batch_size=batch_size, num_cpus=self.actor_threads,
+                            batch_format="numpy")
+        out = np.zeros((len(items), embedder.dim), np.float32)
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            for rid, record, thumb, vector in zip(batch["id"], batch["record"], batch["thumbnail"], batch["vector"]):
+                rec = Record(**json.loads(record))
+                if rec.status == "ok":
+                    out[int(rid) - first_id] = vector
+                on_loaded(Loaded(rec, None, bytes(thumb) or None))
+        return out

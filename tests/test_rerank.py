@@ -1,0 +1,78 @@
+"""Spatial verification re-ranking: a planted true match beats a distractor; local features are cached."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("cv2", reason="re-ranking needs opencv-python-headless")
+
+from imagefinder.rerank import LOCAL_DIR, SpatialReranker, default_backend
+from imagefinder.search import Hit
+
+BACKENDS = ["orb"] + (["xfeat"] if default_backend() == "xfeat" else [])
+
+
+@pytest.fixture(scope="module")
+def tiny(ukbench_dir: Path, embedder, tmp_path_factory: pytest.TempPathFactory):
+    """ukbench00000 (the object), ukbench00100 and ukbench00200 (other objects)."""
+    from imagefinder import ImageFinder, build_index
+
+    folder = tmp_path_factory.mktemp("rerank-imgs")
+    for n in (0, 100, 200):
+        shutil.copyfile(ukbench_dir / "images" / f"ukbench{n:05d}.jpg", folder / f"ukbench{n:05d}.jpg")
+    # the query: a rotated, rescaled crop of ukbench00000 (a copy of the object, not the file)
+    img = Image.open(folder / "ukbench00000.jpg").convert("RGB")
+    query = img.crop((30, 20, 290, 220)).rotate(12, expand=True).resize((390, 300))
+    out = tmp_path_factory.mktemp("rerank-index") / "index"
+    report = build_index([str(folder)], out, embedder=embedder, workers=2)
+    finder = ImageFinder(report.path)
+    ids = {Path(s).name: i for s, i in finder.store.ids_by_source().items()}
+    yield finder, query, ids
+    finder.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rerank_puts_planted_match_above_distractors(tiny, backend: str) -> None:
+    finder, query, ids = tiny
+    reranker = SpatialReranker(finder.path, backend=backend, threads=2)
+    true, d1, d2 = ids["ukbench00000.jpg"], ids["ukbench00100.jpg"], ids["ukbench00200.jpg"]
+    hits = [Hit(d1, 0.9), Hit(d2, 0.85), Hit(true, 0.5)]  # the global ranking got it wrong
+    out = reranker.rerank(reranker.query_features(query), hits, finder.store, top=3, budget_s=None)
+    assert out[0].id == true and out[0].score > 0.9
+    assert {h.id for h in out} == {true, d1, d2} and reranker.last.verified == 3
+    # unverified distractors keep their global scores and order
+    assert [(h.id, h.score) for h in out[1:]] == [(d1, 0.9), (d2, 0.85)]
+
+
+def test_local_features_are_cached_and_budget_bounds_the_work(tiny) -> None:
+    finder, query, ids = tiny
+    reranker = SpatialReranker(finder.path, backend="orb")
+    hits = [Hit(ids["ukbench00100.jpg"], 0.9), Hit(ids["ukbench00000.jpg"], 0.5)]
+    q = reranker.query_features(query)
+    reranker.rerank(q, hits, finder.store, top=2, budget_s=None)
+    cached = finder.path / LOCAL_DIR / f"{ids['ukbench00000.jpg']}.npz"
+    assert cached.is_file()
+    mtime = cached.stat().st_mtime_ns
+    reranker.rerank(q, hits, finder.store, top=2, budget_s=None)
+    assert cached.stat().st_mtime_ns == mtime, "second query reads the cache, does not recompute"
+    # a different extractor configuration invalidates the cache
+    SpatialReranker(finder.path, backend="orb", top_k=300).rerank(q, hits[:1], finder.store, top=1, budget_s=None)
+    assert not cached.exists()
+    # no time left: nothing is verified, the global order stands
+    out = reranker.rerank(q, hits, finder.store, top=2, budget_s=0.0)
+    assert [h.id for h in out] == [h.id for h in hits] and reranker.last.stopped_early
+    # top bounds the verified head; the tail is passed through untouched
+    out = reranker.rerank(q, hits, finder.store, top=1, budget_s=None)
+    assert out[1] == hits[1] and reranker.last.verified == 1
+
+
+def test_finder_search_with_rerank_and_qe(tiny) -> None:
+    finder, query, ids = tiny
+    finder.reranker(backend="orb")
+    results = finder.search(query, k=3, rerank=3, qe=1)
+    assert results[0].id == ids["ukbench00000.jpg"]
+    assert [r.rank for r in results] == [1, 2, 3]
