@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from imagefinder.serve import wait_ready
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -53,17 +55,11 @@ def start_api(index: Path, port: int) -> subprocess.Popen:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"the API exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become healthy within {timeout:.0f} s")
+    state = wait_ready(f"{url}/health", proc, timeout, interval=0.2)
+    if state == "exited":
+        raise SystemExit(f"the API exited: {proc.stderr.read() if proc and proc.stderr else ''}")
+    if state == "timeout":
+        raise SystemExit(f"{url} did not become healthy within {timeout:.0f} s")
 
 
 async def client_loop(client: httpx.AsyncClient, n: int, mode: str, query: bytes, ids: list[int], k: int,

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from imagefinder.api import Settings, create_app
 from imagefinder.api.testing import ServerThread, start_asgi
 from imagefinder.search import METRICS
+from imagefinder.serve import wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_UPLOAD = 2 * 1024 * 1024
@@ -378,17 +379,11 @@ def test_unusable_urls_are_422(client: httpx.Client, url: str, words: list[str])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not become healthy in {timeout} s")
+    state = wait_ready(f"{url}/health", proc, timeout, interval=0.2)
+    if state == "exited":
+        raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+    if state == "timeout":
+        raise AssertionError(f"{url} did not become healthy in {timeout} s")
 
 
 def _ids(client: httpx.Client, data: bytes, k: int = 5) -> list[int]:

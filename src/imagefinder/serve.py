@@ -93,20 +93,28 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop()
 
 
-def _wait_ready(url: str, child: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> bool:
-    """Poll `url` until it answers 200, the child exits, or `timeout` passes."""
+def wait_ready(url: str, child: subprocess.Popen | None, timeout: float = READY_TIMEOUT_S,
+               interval: float = 0.3) -> str:
+    """Poll `url` until it answers 200 ("ready"), the child exits ("exited"), or "timeout"."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return False
+        if child is not None and child.poll() is not None:
+            return "exited"
         try:
             if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
-                return True
+                return "ready"
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
-    print(f"warning: {url} did not answer within {timeout:.0f} s; carrying on", file=sys.stderr)
-    return True
+        time.sleep(interval)
+    return "timeout"
+
+
+def _wait_ready(url: str, child: subprocess.Popen, timeout: float = READY_TIMEOUT_S) -> bool:
+    """False if the child died; a slow start only warns (the server may still come up)."""
+    state = wait_ready(url, child, timeout)
+    if state == "timeout":
+        print(f"warning: {url} did not answer within {timeout:.0f} s; carrying on", file=sys.stderr)
+    return state != "exited"
 
 
 def _stop_all(children: list[subprocess.Popen]) -> None:
