@@ -10,9 +10,12 @@ are deliberately not cached, so they are retried next time).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import re
+import socket
+import ssl
 import tempfile
 import time
 from collections import Counter, deque
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import BinaryIO, Self
 
 import httpx
+
+from . import netsafe
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +57,16 @@ _sleep = time.sleep
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    """Knobs for the downloader; defaults suit a polite bulk crawl."""
+    """Knobs for the downloader; defaults suit a polite bulk crawl.
+
+    ``allow_private=False`` refuses URLs whose host resolves to a loopback, private, link-local
+    or otherwise non-public address (checked before every request, redirects included), except
+    the addresses or networks in ``allowed_private`` (e.g. ``("10.1.2.3", "192.168.0.0/16")``).
+    The default allows them: indexing images from one's own LAN or localhost is normal for a
+    crawl a user starts. Unlike :func:`imagefinder.netsafe.safe_fetch` (what the API uses for
+    URLs strangers send), the connection is not pinned to the vetted address, so DNS rebinding
+    is not prevented; a CSV is trusted input.
+    """
 
     cache_dir: Path
     timeout: float = 20.0
@@ -60,6 +74,12 @@ class DownloadConfig:
     max_bytes: int = 50 * 1024 * 1024
     workers: int = 16
     user_agent: str = "imagefinder/0.1 (+https://github.com/imagefinder)"
+    allow_private: bool = True
+    allowed_private: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for network in self.allowed_private:
+            ipaddress.ip_network(network, strict=False)  # a typo fails here, not on the 10,000th URL
 
 
 @dataclass(frozen=True)
@@ -124,9 +144,36 @@ def _check_url(url: str) -> str | None:
     return None
 
 
+class _PrivateAddress(Exception):
+    """Raised from the request hook: the request's host resolves to a refused address."""
+
+
+def _private_address_error(url: httpx.URL, config: DownloadConfig) -> str | None:
+    """Why `url` must not be fetched under ``allow_private=False``, or None."""
+    if config.allow_private or not url.host:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        addresses = netsafe.resolve_host(url.host, port)
+    except (OSError, UnicodeError):
+        return None  # the connection attempt reports the DNS failure
+    allowed = [ipaddress.ip_network(n, strict=False) for n in config.allowed_private]
+    for address in addresses:
+        reason = netsafe.check_address(address)
+        if reason is not None and not any(ipaddress.ip_address(address) in net for net in allowed):
+            return f"refused: private address: '{url.host}' resolves to {address}, {reason} (allow_private is off)"
+    return None
+
+
 def _make_client(config: DownloadConfig) -> httpx.Client:
     """One client per downloader, so connections are pooled across URLs."""
+
+    def vet(request: httpx.Request) -> None:  # runs before every request, each redirect hop too
+        if (error := _private_address_error(request.url, config)) is not None:
+            raise _PrivateAddress(error)
+
     return httpx.Client(
+        event_hooks={"request": [vet]} if not config.allow_private else None,
         follow_redirects=True,
         max_redirects=_MAX_REDIRECTS,
         timeout=httpx.Timeout(config.timeout),
@@ -177,6 +224,8 @@ def _header_error(response: httpx.Response, config: DownloadConfig) -> str | Non
     """Refuse early on headers alone, before spending bandwidth on the body."""
     content_type = response.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "image/svg+xml":
+        return "unsupported image format SVG (content-type image/svg+xml; vector images are not supported)"
     if media_type and not (
         media_type.startswith("image/") or media_type in _ACCEPTED_NON_IMAGE_TYPES
     ):
@@ -262,6 +311,9 @@ def _attempt_once(
     url: str, path: Path, config: DownloadConfig, client: httpx.Client, deadline: float
 ) -> _Attempt:
     """One GET; network failures become retryable errors instead of exceptions."""
+    # Checked here too, for a caller-supplied client without the hook (which checks redirects).
+    if (error := _private_address_error(httpx.URL(url), config)) is not None:
+        return _Attempt(error)
     try:
         with client.stream(
             "GET",
@@ -275,12 +327,49 @@ def _attempt_once(
         return _Attempt(f"timeout after {_seconds(config.timeout)}", retryable=True)
     except httpx.TooManyRedirects:
         return _Attempt(f"too many redirects (more than {_MAX_REDIRECTS})")
+    except _PrivateAddress as exc:
+        return _Attempt(str(exc))
     except httpx.TransportError as exc:
-        return _Attempt(f"connection failed: {_describe(exc)}", retryable=True)
+        return _transport_attempt(exc)
     except httpx.DecodingError as exc:
         return _Attempt(f"corrupt response: {_describe(exc)}")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _Attempt(f"request failed: {_describe(exc)}")
+
+
+def _transport_attempt(exc: httpx.TransportError) -> _Attempt:
+    """Name what went wrong below HTTP: DNS, TLS, a cut-off body, a peer that does not speak HTTP."""
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLError):
+        detail = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(cause))
+        return _Attempt(f"TLS/SSL error: {detail}")  # a handshake that failed fails again
+    if isinstance(cause, socket.gaierror):
+        host = exc.request.url.host if _has_request(exc) else "?"
+        return _Attempt(f"cannot resolve host '{host}': {cause.strerror or cause}",
+                        retryable=cause.errno == socket.EAI_AGAIN)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        text = _describe(exc)
+        if "complete message body" in text:
+            return _Attempt(f"incomplete download: {text}", retryable=True)
+        if "without sending a response" not in text:
+            return _Attempt(f"invalid HTTP response: {text[:80]}")
+    return _Attempt(f"connection failed: {_describe(exc)}", retryable=True)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        exc = nxt
+    return exc
+
+
+def _has_request(exc: httpx.TransportError) -> bool:
+    try:
+        exc.request  # noqa: B018 - raises RuntimeError when unset
+    except RuntimeError:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:
@@ -380,6 +469,11 @@ _CATEGORIES = (
     "too large",
     "not an image",
     "connection failed",
+    "cannot resolve host",
+    "TLS/SSL error",
+    "incomplete download",
+    "invalid HTTP response",
+    "refused: private address",
     "unsupported URL scheme",
     "invalid URL",
     "too many redirects",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,10 @@ MAX_PIXELS = 128_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The formats those extensions name (and the downloader and API sniff): Pillow can open dozens
+# more (PSD, ICO, TGA, EPS, ...), but each is more decoder code facing untrusted bytes, and a
+# file of another format behind an image name is a mistake worth reporting.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 THUMBNAIL_SIZE = 256
 
 
@@ -71,7 +77,7 @@ def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
+            img = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ImageError(f"too many pixels: {width}x{height} exceeds {MAX_PIXELS}")
@@ -85,7 +91,7 @@ def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("not a recognised image format") from exc
+        raise ImageError(_unidentified(raw)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
     if min(rgb.size) < 1:
@@ -96,11 +102,50 @@ def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
     return Decoded(rgb, width, height, digest)
 
 
+def _unidentified(raw: bytes) -> str:
+    """Why bytes that no supported decoder accepts are refused: name what they are, if that is known."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw)) as other:  # reads the header only
+                known = other.format
+    except Exception:  # noqa: BLE001 - not an image Pillow knows either
+        known = None
+    if known:
+        return f"unsupported image format {known} (supported: {', '.join(SUPPORTED_FORMATS)})"
+    head = raw[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<body" in head:
+        return "not a recognised image format (the file is an HTML page)"
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "not a recognised image format (the file is an SVG drawing; vector images are not supported)"
+    return "not a recognised image format"
+
+
+_ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")
+
+
+def path_text(path: str | Path) -> str:
+    """A local path as text any UTF-8 store (SQLite, JSON) can hold, and `open_image` can open.
+
+    A file name that is not valid UTF-8 (Linux names are bytes) keeps its bad bytes as ``\\xNN``,
+    as ``ls -b`` shows them; without this it could not be recorded in the index at all.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _unescaped(path: Path) -> Path:
+    """The file `path_text` named: `path` itself if it exists, else with its ``\\xNN`` escapes undone."""
+    raw = os.fsencode(path)
+    if b"\\x" not in raw or path.exists():
+        return path
+    return Path(os.fsdecode(_ESCAPED_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)))
+
+
 def _read_bytes(data: bytes | Path) -> bytes:
     if isinstance(data, bytes):
         return data
     try:
-        return Path(data).read_bytes()
+        return _unescaped(Path(data)).read_bytes()
     except IsADirectoryError as exc:
         raise ImageError("is a directory, not an image file") from exc
     except PermissionError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import is_image_path
+from .images import is_image_path, path_text
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ def _expand_one(source: str) -> Iterator[Item]:
     if not path.exists():
         raise SourceError(f"{source}: no such file or folder (expected a folder, CSV, list file, image or URL)")
     if path.is_dir():
-        yield from (Item(str(p)) for p in walk_images(path))
+        yield from (Item(path_text(p)) for p in walk_images(path))  # non-UTF-8 names escaped
     elif path.suffix.lower() == ".csv":
         yield from read_csv(path)
     elif path.suffix.lower() in LIST_SUFFIXES:
         yield from read_list(path)
     elif is_image_path(path):
-        yield Item(str(path.resolve()))
+        yield Item(path_text(path.resolve()))
     else:
         raise SourceError(
             f"{source}: not a folder, .csv, list file ({', '.join(sorted(LIST_SUFFIXES))}) or image"
