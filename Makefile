@@ -6,7 +6,7 @@ API_PORT ?= 8000
 WEB_PORT ?= 5000
 INDEX ?=
 
-.PHONY: setup demo test run serve-api serve-web bench-api lint clean
+.PHONY: setup demo test run serve-api serve-web bench-api lint lock audit clean
 
 setup:
 	bash scripts/setup.sh
@@ -34,6 +34,15 @@ bench-api: setup  ## 32 concurrent clients x 30 s of searches against a local AP
 
 lint: setup
 	$(PYTHON) -m ruff check src tests benchmarks scripts
+
+## requirements/lock.txt + lock-nodeps.txt (hash-pinned, what setup installs) from requirements/*.txt;
+## run after editing those, review the diff, commit both. Needs PyPI; uv runs from .cache/tools-venv.
+lock:
+	bash scripts/lock.sh
+
+## pip-audit of the lock files (+ PyPI advisory check) -> benchmarks/results/pip-audit.json, pypi-advisories.json
+audit:
+	bash scripts/audit.sh
 
 clean:
 	rm -rf sample scripts/output test-artifacts .pytest_cache
