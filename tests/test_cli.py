@@ -46,9 +46,9 @@ def cli_index(photos: Path, tmp_path_factory: pytest.TempPathFactory, cli) -> tu
 def test_index_json_summary(cli_index) -> None:
     out, summary = cli_index
     assert set(summary) == {"path", "items", "indexed", "failed", "failure_reasons", "index_spec", "seconds",
-                            "images_per_second"}
+                            "images_per_second", "resumed"}
     assert Path(summary["path"]) == out
-    assert (summary["items"], summary["indexed"], summary["failed"]) == (8, 8, 0)
+    assert (summary["items"], summary["indexed"], summary["failed"], summary["resumed"]) == (8, 8, 0, 0)
     assert summary["failure_reasons"] == {} and summary["index_spec"] == "Flat"
     assert summary["seconds"] > 0 and summary["images_per_second"] > 0
     assert (out / "manifest.json").is_file()

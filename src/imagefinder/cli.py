@@ -107,7 +107,9 @@ def _config(args: argparse.Namespace) -> IndexConfig:
 def _index_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build an index from folders, CSVs, list files, URLs",
                        description="Build an index directory from one or more sources. A failed image never "
-                                   "stops the run: it is recorded with its reason (see `imagefinder info`).")
+                                   "stops the run: it is recorded with its reason (see `imagefinder info`). An interrupted "
+                                   "build (Ctrl-C, crash, kill) resumes when re-run: downloads are cached and embedded "
+                                   "images journalled beside --out, so only the rest is done again.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="folder, CSV (column url/image_url/image or the first), .txt list, image file or URL")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="index directory to write (replaced atomically)")
@@ -164,12 +166,15 @@ def _print_report(report: "BuildReport", as_json: bool, verb: str) -> int:  # no
         "path": str(report.path), "items": report.items, "indexed": report.indexed, "failed": report.failed,
         "failure_reasons": report.failure_reasons, "index_spec": report.index_spec,
         "seconds": round(report.seconds, 2), "images_per_second": round(report.images_per_second, 1),
+        "resumed": report.resumed,
     }
     if as_json:
         print(json.dumps(summary))
     else:
         print(f"{verb} {report.indexed} of {report.items} images into {report.path} "
               f"({report.index_spec}, {report.seconds:.1f} s, {report.images_per_second:.1f} images/s)")
+        if report.resumed:
+            print(f"{report.resumed} of them were taken from an interrupted run's journal, not embedded again")
         if report.failed:
             reasons = ", ".join(f"{n} {reason}" for reason, n in report.failure_reasons.items())
             print(f"{report.failed} failed: {reasons}  (details: imagefinder info {report.path})")

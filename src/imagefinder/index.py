@@ -692,14 +692,22 @@ class ArtifactWriter:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir).absolute()
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        restore_interrupted_swap(self.out_dir)
         if self.out_dir.exists() and not (self.out_dir / MANIFEST).is_file() and any(self.out_dir.iterdir()):
             raise IndexError_(f"{self.out_dir} exists and is not an ImageFinder index; refusing to replace it")
+        self._lock = _BuildLock(self.out_dir)
+        _clear_debris(self.out_dir)
         self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         (self.tmp / THUMBS).mkdir(parents=True)
 
     @property
     def thumbs(self) -> Path:
         return self.tmp / THUMBS
+
+    @property
+    def journal_path(self) -> Path:
+        """Where the pipeline journals finished items of this build (beside the index: it outlives a crash)."""
+        return self.out_dir.parent / f".{self.out_dir.name}.journal.sqlite"
 
     def commit(self, records: list[Record], embeddings: np.ndarray, index: faiss.Index | None, manifest: dict,
                centroids: np.ndarray | None = None) -> Path:
@@ -714,12 +722,62 @@ class ArtifactWriter:
         fsync_dir(self.tmp)
         replaced = _store_of(self.out_dir)
         swap_into_place(self.tmp, self.out_dir)
+        self._lock.release()
         if replaced and replaced != manifest.get("store"):
             _drop_store_quietly(replaced)
         return self.out_dir
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._lock.release()
+
+
+class _BuildLock:
+    """One build per destination; the OS drops the lock when its process dies, even by kill -9.
+
+    The lock file is deleted on release, so nothing is left beside the index; a process that
+    locked a file just deleted by the previous holder notices (other inode) and tries again.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir.parent / f".{out_dir.name}.build.lock"
+        while True:
+            self._f = open(self.path, "a+")  # noqa: SIM115 - held until release
+            try:
+                fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._f.close()
+                raise IndexError_(f"another build is writing {out_dir}; wait for it to finish") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(self._f.fileno()).st_ino:
+                    return
+            self._f.close()
+
+    def release(self) -> None:
+        if not self._f.closed:
+            self.path.unlink(missing_ok=True)
+            self._f.close()
+
+
+def _clear_debris(out_dir: Path) -> None:
+    """Staging and replaced directories of builds that were killed (we hold the build lock)."""
+    for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):
+        for debris in out_dir.parent.glob(pattern):
+            log.info("removing %s, left by an interrupted build", debris)
+            shutil.rmtree(debris, ignore_errors=True)
+
+
+def restore_interrupted_swap(dest: Path) -> None:
+    """A crash between `swap_into_place`'s two renames leaves no `dest`: put the previous index back."""
+    if dest.exists():
+        return
+    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    for old in reversed(olds):
+        if (old / MANIFEST).is_file():
+            with contextlib.suppress(FileNotFoundError):  # another process may restore it first
+                os.rename(old, dest)
+                log.warning("restored %s from %s: a build was interrupted while swapping it in", dest, old)
+            return
 
 
 def _store_of(path: Path) -> dict | None:
@@ -815,7 +873,24 @@ def make_manifest(config: IndexConfig, members: list, spec: str, dim: int, count
 # --- reading an index back ------------------------------------------------------------
 
 
+def _is_hot_journal(exc: sqlite3.OperationalError) -> bool:
+    return "readonly database" in str(exc)
+
+
+def roll_back_hot_journal(db: Path) -> None:
+    """A writer killed mid-transaction leaves a journal that a read-only connection cannot roll back
+    (it fails with 'attempt to write a readonly database'); a writable one does so on its first read.
+    SQLite only treats the journal as hot when no live writer holds the database, so this is safe."""
+    log.warning("rolling back the unfinished transaction of a crashed writer in %s", db)
+    con = sqlite3.connect(db)
+    try:
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()
+    finally:
+        con.close()
+
+
 def read_manifest(path: Path) -> dict:
+    restore_interrupted_swap(Path(path).absolute())
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise IndexError_(f"{path}: not an ImageFinder index (no {MANIFEST}); build one with `imagefinder index`")
@@ -899,7 +974,13 @@ class Store:
 
     def _query(self, sql: str, params: list | tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _is_hot_journal(exc):
+                    raise
+                roll_back_hot_journal(self.path / ITEMS)
+                return self._db.execute(sql, params).fetchall()
 
     def records(self, ids: list[int]) -> dict[int, dict]:
         """Visible rows by id (failed ones included: their status says so)."""

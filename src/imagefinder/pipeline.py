@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ from .index import (
     recover,
     writer_lock,
 )
+from .journal import Journal, model_fingerprint
 from .models import registry
 from .sources import Item, SourceError, expand_sources
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from .runners import Runner
 
 log = logging.getLogger(__name__)
+
+ADD_JOURNAL = "add.journal.sqlite"  # inside the index: embedded items of an `add` not yet committed
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Loaded:
     record: Record
     prepared: list[np.ndarray] | None = None
     thumbnail: bytes | None = None
+    vector: np.ndarray | None = None  # raw features, set by the runner once embedded
 
 
 @dataclass
@@ -71,6 +75,7 @@ class BuildReport:
     seconds: float
     images_per_second: float
     failures: list[dict] = field(default_factory=list)
+    resumed: int = 0  # items taken from an interrupted run's journal instead of embedded again
 
 
 def default_download_config() -> DownloadConfig:
@@ -146,6 +151,8 @@ def run_local(
             if good:
                 vectors = embedder.embed_prepared([x.prepared for x in good])
                 embeddings[[x.record.id - first_id for x in good]] = vectors
+                for x, vector in zip(good, vectors):
+                    x.vector = vector
             for x in batch:
                 on_loaded(x)
             failed += len(batch) - len(good)
@@ -170,20 +177,32 @@ def build_index(
     """Index every image of `sources` into the directory `out` (replaced atomically).
 
     `runner` executes fetch/decode/embed: `LocalRunner()` (default, threads) or
-    `RayRunner(address)` (runners.py); the resulting artifact is the same.
+    `RayRunner(address)` (runners.py); the resulting artifact is the same. Embedded items are
+    journalled beside `out` as they finish, so a re-run after a crash or Ctrl-C resumes.
     """
     config = config or IndexConfig()
     start = time.perf_counter()
     items = _expand_nonempty(sources)
     embedder = embedder or Embedder(config.model)
     writer = ArtifactWriter(Path(out))
+    journal = open_journal(writer.journal_path, embedder)
     try:
-        records, raw = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size, workers=workers,
-                                   progress=progress, download=download, runner=runner)
-        return _finish(writer, records, raw, config, embedder, start)
+        records, raw, resumed = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size,
+                                            workers=workers, progress=progress, download=download, runner=runner,
+                                            journal=journal)
+        report = _finish(writer, records, raw, config, embedder, start)
     except BaseException:
         writer.abort()
+        journal.close()  # kept: the next run over these sources resumes from it
         raise
+    journal.delete()
+    report.resumed = resumed
+    return report
+
+
+def open_journal(path: Path, embedder: Embedder) -> Journal:
+    fingerprint = model_fingerprint([asdict(m) for m in embedder.info()])
+    return Journal(path, fingerprint, embedder.dim)
 
 
 def _expand_nonempty(sources: Sequence[str]) -> list[Item]:
@@ -196,22 +215,51 @@ def _expand_nonempty(sources: Sequence[str]) -> list[Item]:
 def embed_items(
     items: Sequence[Item], first_id: int, embedder: Embedder, thumbs: Path, *, batch_size: int = 32,
     workers: int | None = None, progress: bool = False, download: DownloadConfig | None = None,
-    runner: Runner | None = None,
-) -> tuple[list[Record], np.ndarray]:
-    """Fetch, decode and embed `items` as ids first_id.. ; thumbnails go to `thumbs`."""
+    runner: Runner | None = None, journal: Journal | None = None,
+) -> tuple[list[Record], np.ndarray, int]:
+    """Fetch, decode and embed `items` as ids first_id.. ; thumbnails go to `thumbs`.
+
+    Items the `journal` already holds are taken from it; the others are embedded and added to
+    it as they finish. Returns records, raw features (row = id - first_id) and the resumed count.
+    """
     from .runners import LocalRunner
 
+    done = journal.finished(list(items)) if journal is not None else {}
+    todo = [pos for pos in range(len(items)) if pos not in done] if done else range(len(items))
     records: list[Record] = []
 
-    def on_loaded(x: Loaded) -> None:
-        records.append(x.record)
-        if x.thumbnail is not None:
-            (thumbs / f"{x.record.id}.jpg").write_bytes(x.thumbnail)
+    def keep(record: Record, thumbnail: bytes | None) -> None:
+        records.append(record)
+        if thumbnail is not None:
+            (thumbs / f"{record.id}.jpg").write_bytes(thumbnail)
 
-    runner = runner or LocalRunner(workers=workers)
-    raw = runner.run(items, first_id, embedder, download or default_download_config(), batch_size, on_loaded, progress)
+    def on_loaded(x: Loaded) -> None:
+        pos = todo[x.record.id]  # the runner numbers the items it is given from 0
+        x.record.id = first_id + pos
+        keep(x.record, x.thumbnail)
+        if journal is not None and x.vector is not None:
+            journal.add(items[pos], x.record, x.vector, x.thumbnail)
+
+    if done:
+        log.info("resuming: %d of %d images were embedded by an interrupted run", len(done), len(items))
+    for pos, finished in done.items():
+        finished.record.id = first_id + pos
+        keep(finished.record, finished.thumbnail)
+    raw = np.zeros((len(items), embedder.dim), np.float32) if done or not todo else None
+    if todo:
+        runner = runner or LocalRunner(workers=workers)
+        embedded = runner.run([items[pos] for pos in todo], 0, embedder, download or default_download_config(),
+                              batch_size, on_loaded, progress)
+        if raw is None:
+            raw = embedded
+        else:
+            raw[todo] = embedded
+    if journal is not None:
+        journal.flush()
+    for pos, finished in done.items():
+        raw[pos] = finished.vector
     records.sort(key=lambda r: r.id)  # a distributed runner hands results back in any order
-    return records, raw
+    return records, raw, len(done)
 
 
 def local_workers(download: DownloadConfig, has_urls: bool, workers: int | None) -> int:
@@ -237,10 +285,19 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
         embedder = embedder or Embedder.for_manifest(manifest)
         if embedder.model != manifest["model"]:
             raise IndexError_(f"{path} was built with {manifest['model']}, not {embedder.model}")
-        records, raw = embed_items(items, int(manifest["rows"]), embedder, path / THUMBS, batch_size=batch_size,
-                                   progress=progress, download=download, runner=runner)
-        manifest = commit_update(path, records, raw, [])
-    return _report(path, records, manifest["index_spec"], time.perf_counter() - start)
+        journal = open_journal(path / ADD_JOURNAL, embedder)
+        try:
+            records, raw, resumed = embed_items(items, int(manifest["rows"]), embedder, path / THUMBS,
+                                                batch_size=batch_size, progress=progress, download=download,
+                                                runner=runner, journal=journal)
+            manifest = commit_update(path, records, raw, [])
+        except BaseException:
+            journal.close()
+            raise
+        journal.delete()
+    report = _report(path, records, manifest["index_spec"], time.perf_counter() - start)
+    report.resumed = resumed
+    return report
 
 
 def remove_from_index(path: Path | str, ids: Sequence[int]) -> int:

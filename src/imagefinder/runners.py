@@ -158,7 +158,8 @@ class RayRunner:
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
             for rid, record, thumb, vector in zip(batch["id"], batch["record"], batch["thumbnail"], batch["vector"]):
                 rec = Record(**json.loads(record))
-                if rec.status == "ok":
+                ok = rec.status == "ok"
+                if ok:
                     out[int(rid) - first_id] = vector
-                on_loaded(Loaded(rec, None, bytes(thumb) or None))
+                on_loaded(Loaded(rec, None, bytes(thumb) or None, vector if ok else None))
         return out
