@@ -170,3 +170,5 @@ def test_cli_index_of_the_corpus_folder_reports_failures_and_exits_0(corpus: Cor
     failures = {f["source"]: f["error"] for f in json.loads(info.stdout)["failures"]}
     assert set(failures) == {c.source for c in bad}
     assert all(re.match(c.expect, failures[c.source]) for c in bad), failures
+    one = json.loads(cli("info", tmp_path / "index", "--json", "--failures", "1").stdout)
+    assert len(one["failures"]) == 1 and sum(one["failure_reasons"].values()) == len(bad), "reasons count every failure"

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, train_cli
 from .images import ImageError
@@ -18,6 +19,9 @@ from .index import IndexConfig, IndexError_
 from .models import BACKBONES, DEFAULT_MODEL, ModelUnavailable
 from .search import METRICS
 from .sources import SourceError
+
+if TYPE_CHECKING:
+    from .pipeline import BuildReport  # imported lazily at run time: it loads the model stack
 
 EXIT_OK, EXIT_EMPTY, EXIT_INPUT = 0, 1, 2
 USER_ERRORS = (SourceError, ImageError, IndexError_, ModelUnavailable, KeyError)
@@ -161,7 +165,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return _print_report(report, args.json, verb="indexed")
 
 
-def _print_report(report: "BuildReport", as_json: bool, verb: str) -> int:  # noqa: F821
+def _print_report(report: BuildReport, as_json: bool, verb: str) -> int:
     summary = {
         "path": str(report.path), "items": report.items, "indexed": report.indexed, "failed": report.failed,
         "failure_reasons": report.failure_reasons, "index_spec": report.index_spec,
@@ -276,6 +280,8 @@ def _info_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="what an index contains: model, spec, counts, failures")
     p.add_argument("index", type=Path, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print as one JSON object")
+    p.add_argument("--failures", type=int, default=20, metavar="N",
+                   help="failed images to list with their reasons (default 20; 0 = all)")
     _common(p)
     p.set_defaults(func=cmd_info)
 
@@ -285,7 +291,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .index import drift_report
 
     finder = ImageFinder(args.index)
-    info = {**finder.info(), "drift": drift_report(finder.store)}
+    info = {**finder.info(args.failures or None), "drift": drift_report(finder.store)}
     if args.json:
         print(json.dumps(info))
         return EXIT_OK

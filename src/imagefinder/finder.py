@@ -20,8 +20,8 @@ from PIL import Image
 from .download import fetch
 from .embed import Embedder
 from .images import ImageError, open_image
-from .index import Store, is_exact, read_manifest
-from .pipeline import BuildReport, add_to_index, default_download_config, remove_from_index
+from .index import Record, Store, is_exact, read_manifest
+from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
 from .search import Hit, SearchSpace, search
 from .sources import is_url
 
@@ -184,8 +184,10 @@ class ImageFinder:
                               row.get("width"), row.get("height"), row.get("meta") or None))
         return out
 
-    def info(self) -> dict:
+    def info(self, failures: int | None = 20) -> dict:
+        """What the index holds; `failures`: how many failed items to list (None: all)."""
         m = self.manifest
+        failed = self.store.failures(None)  # every failure, builds and adds alike, counted by reason
         return {
             "path": str(self.path),
             "model": m["model"],
@@ -194,8 +196,8 @@ class ImageFinder:
             "clusters": m.get("clusters"),
             "nprobe": m.get("nprobe"),
             "counts": m["counts"],
-            "failure_reasons": m.get("failure_reasons", {}),
-            "failures": [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in self.store.failures()],
+            "failure_reasons": failure_reasons(Record(**{k: r[k] for k in ("id", "source", "error")}) for r in failed),
+            "failures": [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in failed[:failures]],
             "created_at": m["created_at"],
             "versions": m.get("versions", {}),
         }

@@ -991,9 +991,10 @@ class Store:
                            [int(i) for i in ids])
         return {row["id"]: _row_dict(row) for row in rows}
 
-    def failures(self, limit: int = 20) -> list[dict]:
+    def failures(self, limit: int | None = 20) -> list[dict]:
+        """Failed rows by id; all of them when `limit` is None."""
         rows = self._query(f"SELECT * FROM items WHERE status='failed' AND {_visible(self.generation)} "
-                           "ORDER BY id LIMIT ?", (limit,))
+                           "ORDER BY id LIMIT ?", (-1 if limit is None else limit,))
         return [_row_dict(r) for r in rows]
 
     def ids_by_source(self) -> dict[str, int]:
