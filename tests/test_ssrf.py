@@ -83,6 +83,8 @@ def public(url: str) -> str:
     ("0.0.0.0", "unspecified"), ("::", "unspecified"),
     ("224.0.0.1", "multicast"), ("100.64.0.1", "shared"), ("240.0.0.1", "reserved"),
     ("::ffff:127.0.0.1", "loopback"), ("::ffff:10.0.0.1", "private"), ("2002:7f00:1::", "loopback"),
+    ("::ffff:7f00:1", "loopback"), ("fec0::1", "site-local"), ("64:ff9b::7f00:1", "reserved"),
+    ("::127.0.0.1", "reserved"),
 ])
 def test_non_public_addresses_are_named(address: str, kind: str) -> None:
     reason = check_address(address)
@@ -102,6 +104,14 @@ def test_public_addresses_pass(address: str) -> None:
     ("http://localhost:9/x.jpg", ["loopback"]),
     ("http://[::1]:9/x.jpg", ["loopback"]),
     ("http://2130706433/x.jpg", ["loopback"]),  # 127.0.0.1 written as one number
+    ("http://017700000001/x.jpg", ["loopback"]),  # ... as one octal number
+    ("http://0x7f.0.0.1:9/x.jpg", ["loopback"]),  # ... with a hex part
+    ("http://127.1:9/x.jpg", ["loopback"]),  # ... in short form
+    ("http://0177.0.0.1/x.jpg", ["invalid URL"]),  # dotted octal: httpx refuses to parse it
+    ("http://0/x.jpg", ["unspecified"]),
+    ("http://[::ffff:7f00:1]:9/x.jpg", ["loopback"]),
+    ("http://[fec0::1]/x.jpg", ["site-local"]),
+    ("http://xn--/x.jpg", ["invalid URL"]),  # a malformed IDNA name: refused, not an unexpected exception
     ("http://0.0.0.0:9/x.jpg", ["unspecified"]),
     ("http://10.0.0.7/x.jpg", ["private"]),
     ("http://192.168.0.1/x.jpg", ["private"]),
@@ -178,6 +188,12 @@ def test_a_public_host_is_fetched_through_the_vetted_address(http_server, fake_p
     ("http://127.0.0.1:{port}/ssrf/secret", ["loopback"]),
     ("http://localhost:{port}/ssrf/secret", ["loopback"]),
     ("http://[::1]:{port}/ssrf/secret", ["loopback"]),
+    ("http://[::ffff:127.0.0.1]:{port}/ssrf/secret", ["loopback"]),
+    ("http://0.0.0.0:{port}/ssrf/secret", ["unspecified"]),  # on Linux, 0.0.0.0 reaches this machine
+    ("http://2130706433:{port}/ssrf/secret", ["loopback"]),  # decimal
+    ("http://017700000001:{port}/ssrf/secret", ["loopback"]),  # octal
+    ("http://0x7f.0.0.1:{port}/ssrf/secret", ["loopback"]),  # hex
+    ("http://127.1:{port}/ssrf/secret", ["loopback"]),
     ("http://169.254.169.254/latest/meta-data/", ["link-local"]),
     ("http://10.0.0.1/admin", ["private"]),
     ("file:///etc/passwd", ["scheme 'file'"]),
@@ -192,6 +208,50 @@ def test_redirect_to_a_non_public_target_is_refused(http_server, fake_public_dns
         safe_fetch(hop)
     for word in words:
         assert word in str(info.value)
+    assert http_server.count("/ssrf/secret") == 0
+
+
+@pytest.mark.parametrize("target", ["http://0177.0.0.1:{port}/ssrf/secret", "http://[::1/ssrf/secret",
+                                    "http://127.0.0.1:x/ssrf/secret"])
+def test_redirect_to_an_unparsable_url_is_refused(http_server, fake_public_dns, target: str) -> None:
+    """Dotted octal and broken hosts cannot be parsed: httpx refuses them before any connection."""
+    http_server.route("/ssrf/secret", b"secret", "text/plain")
+    port = http_server.base.rsplit(":", 1)[1]
+    hop = public(http_server.route(f"/ssrf/bad-redirect-{abs(hash(target))}", b"", None, status=302,
+                                   headers={"Location": target.format(port=port)}))
+    with pytest.raises(FetchError, match="Invalid URL in location header"):
+        safe_fetch(hop)
+    assert http_server.count("/ssrf/secret") == 0
+
+
+@pytest.mark.parametrize("answers", [
+    ["93.184.216.34", "127.0.0.1"], ["127.0.0.1", "93.184.216.34"], ["2606:4700:4700::1111", "::1"],
+    ["8.8.8.8", "93.184.216.34", "169.254.169.254"], ["93.184.216.34", "::ffff:10.0.0.1"],
+])
+@pytest.mark.parametrize("via_redirect", [False, True])
+def test_every_dns_answer_of_every_hop_is_checked(http_server, fake_public_dns: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch, answers: list[str],
+                                                   via_redirect: bool) -> None:
+    """A name with one non-public address among public ones is refused, first hop or a redirect's."""
+    fixture_resolve = netsafe.resolve_host
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host == "mixed.test":
+            fake_public_dns.append(host)
+            return list(answers)
+        return fixture_resolve(host, port)
+
+    monkeypatch.setattr(netsafe, "resolve_host", resolve)
+    http_server.route("/ssrf/secret", b"secret", "text/plain")
+    port = http_server.base.rsplit(":", 1)[1]
+    target = f"http://mixed.test:{port}/ssrf/secret"
+    url = target
+    if via_redirect:
+        url = public(http_server.route(f"/ssrf/to-mixed-{abs(hash(tuple(answers)))}", b"", None, status=302,
+                                       headers={"Location": target}))
+    with pytest.raises(UnsafeURL, match="refused to fetch from 'mixed.test'"):
+        safe_fetch(url)
+    assert fake_public_dns == ([FAKE_PUBLIC_HOST] if via_redirect else []) + ["mixed.test"]
     assert http_server.count("/ssrf/secret") == 0
 
 
@@ -234,12 +294,20 @@ def test_api_refuses_every_kind_of_ssrf_url(api: ServerThread, http_server, fake
     port = http_server.base.rsplit(":", 1)[1]
     redirect = public(http_server.route(f"/ssrf/api-redirect{path.replace('/', '-')}", b"", None, status=302,
                                         headers={"Location": f"http://127.0.0.1:{port}/ssrf/api-local.jpg"}))
+    octal = public(http_server.route(f"/ssrf/api-octal{path.replace('/', '-')}", b"", None, status=302,
+                                     headers={"Location": f"http://0177.0.0.1:{port}/ssrf/api-local.jpg"}))
+    zeros = public(http_server.route(f"/ssrf/api-zeros{path.replace('/', '-')}", b"", None, status=302,
+                                     headers={"Location": f"http://0.0.0.0:{port}/ssrf/api-local.jpg"}))
     urls = {
         local: "loopback",
         "http://10.20.30.40/x.jpg": "private",
         "http://169.254.169.254/latest/meta-data/": "link-local",
         "file:///etc/passwd": "scheme 'file'",
         redirect: "loopback",
+        zeros: "unspecified",
+        octal: "Invalid URL in location header",
+        "http://xn--/x.jpg": "invalid URL",  # was an unhandled IDNAError: HTTP 500
+        f"http://0x7f.0.0.1:{port}/ssrf/api-local.jpg": "loopback",
     }
     with httpx.Client(base_url=api.url, timeout=30, trust_env=False) as c:
         for url, word in urls.items():

@@ -97,6 +97,7 @@ def check_address(address: str) -> str | None:
         ("an unspecified", ip.is_unspecified),
         ("a loopback", ip.is_loopback),
         ("a link-local", ip.is_link_local),
+        ("a site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),  # fec0::/10, deprecated
         ("a multicast", ip.is_multicast),
         ("a reserved", ip.is_reserved),
         ("a private", ip.is_private),
@@ -112,12 +113,12 @@ def vet_url(url: str, *, allow_private: bool = False) -> tuple[httpx.URL, str]:
     """Check a URL and resolve its host; returns (parsed URL, the IP to connect to)."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        host = parsed.host  # decoded here, so a malformed IDNA name (http://xn--/) is an invalid URL too
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
         raise UnsafeURL(f"invalid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         scheme = parsed.scheme or "(none)"
         raise UnsafeURL(f"URL scheme '{scheme}' is not allowed; use an http:// or https:// URL")
-    host = parsed.host
     if not host:
         raise UnsafeURL("invalid URL: it has no host name")
     if parsed.userinfo:

@@ -55,7 +55,7 @@ from .schemas import (
     Stats,
 )
 from .settings import Settings, resolve_index
-from .uploads import CheckedImage, check_image, parse_form, read_body
+from .uploads import CheckedImage, check_image, client_filename, parse_form, read_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,6 +97,13 @@ class ServingFinder(ImageFinder):
         self._model_threads = threads
         self._model_lock = threading.Lock()
         self._model: Embedder | None = None
+        self._reload_lock = threading.Lock()
+
+    def reload(self) -> None:
+        """One reload at a time: a search's refresh that opened the index just before a write
+        committed must not replace the write's newer store with its older one when it finishes."""
+        with self._reload_lock:
+            super().reload()
 
     @property
     def embedder(self) -> Embedder:
@@ -406,7 +413,7 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
             k_value, metric_value = _k(form.get("k", k)), _metric(form.get("metric", metric))
             data = await upload.read()
             image, results = await service.cpu(_check_and_search, service, data, k_value, metric_value)
-            query = QueryInfo(type="upload", filename=upload.filename, width=image.decoded.width,
+            query = QueryInfo(type="upload", filename=client_filename(upload.filename), width=image.decoded.width,
                               height=image.decoded.height)
         elif kind == "application/json":
             req: SearchRequest = _json_body(body, SearchRequest)
@@ -476,7 +483,7 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
                 raise HTTPException(422, "the form needs a 'file' field holding the image to add")
             for upload in uploads:
                 data = await upload.read()
-                name = Path(upload.filename or "").name
+                name = client_filename(upload.filename) or ""
                 what = f"the file '{name}'" if name else "the file"
                 image = await run_in_threadpool(check_image, data, max_bytes=settings.max_upload_bytes,
                                                 max_pixels=settings.max_pixels, what=what)
@@ -549,10 +556,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        # the request's path is not echoed: it is the client's own text (and may be crafted)
         if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+            detail = f"no such endpoint for {request.method} (see /docs for the endpoints)"
         elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+            detail = f"{request.method} is not allowed on this endpoint (see /docs)"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -562,4 +570,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500)
+        # the server closes the connection after an unhandled error: say so, or a keep-alive
+        # client sends its next request down a connection that is being torn down
+        return JSONResponse({"detail": "internal server error; the server log has the details"}, status_code=500,
+                            headers={"Connection": "close"})

@@ -8,6 +8,7 @@ a bad field). Messages say what to fix and never echo server paths.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -23,6 +24,28 @@ from ..images import MAX_PIXELS, Decoded, ImageError, open_image
 FORMATS = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tif"}
 DRAFT_SIZE = 512  # big JPEG queries decode at reduced scale (>= every backbone's input size)
+
+
+MAX_FILENAME = 255
+
+
+def client_filename(name: str | None) -> str | None:
+    """The name a client gave its upload, made safe to store and show back: a label, never a path.
+
+    Uploads are saved under the SHA-256 of their contents; the client's name is only metadata.
+    It keeps its last part (after any '/' or '\\'), printable characters only, at most
+    MAX_FILENAME characters (the extension kept); None when nothing is left.
+    """
+    if not name:
+        return None
+    name = re.split(r"[/\\]", "".join(ch for ch in name if ch.isprintable()))[-1].strip()
+    if name in ("", ".", ".."):
+        return None
+    if len(name) > MAX_FILENAME:
+        _stem, dot, ext = name.rpartition(".")
+        ext = dot + ext if dot and len(ext) <= 16 else ""
+        name = name[:MAX_FILENAME - len(ext)] + ext
+    return name
 
 
 def _mb(n: int) -> str:
