@@ -6,26 +6,31 @@ documented answers must match their schema and content type. The server runs on 
 copy of the sample index (DELETE and POST /images really change it), and URL fetching is cut
 off from the network: generated URLs are checked by the real SSRF rules, then any connection
 is refused and hostnames are never looked up, so no generated address is ever contacted.
+
+The operations, checks and set-up are shared with `benchmarks/fuzz.py --targets api` (tests/fuzzing.py),
+which runs the same fuzzing for a fixed time; the total number of requests sent is reported here.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
-from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
+from fuzzing import (
+    API_CASES,
+    OPERATIONS,
+    api_case_id,
+    api_settings,
+    api_strategy,
+    build_api_index,
+    check_api_case,
+    offline_urls,
 )
+from hypothesis import HealthCheck, given, settings
 
-from imagefinder import netsafe
-from imagefinder.api import Settings, create_app
+from imagefinder.api import create_app
 from imagefinder.api.testing import ServerThread, start_asgi
 
 MAX_EXAMPLES = 30
@@ -33,33 +38,14 @@ MAX_EXAMPLES = 30
 
 @pytest.fixture(scope="module")
 def offline() -> Iterator[None]:
-    """Generated URLs pass through the real checks, but nothing is resolved or contacted."""
-    import ipaddress
-
-    def resolve(host: str, port: int) -> list[str]:
-        try:
-            return [str(ipaddress.ip_address(host))]  # IP literals are checked as they are
-        except ValueError:
-            raise socket.gaierror(socket.EAI_NONAME, "name lookups are disabled in this test") from None
-
-    def no_connection(*args, **kwargs):
-        raise netsafe.FetchError("connections are disabled in this test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(netsafe, "resolve_host", resolve)
-        mp.setattr(netsafe, "_get_pinned", no_connection)
+    with offline_urls():
         yield
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, embedder, offline) -> Iterator[ServerThread]:
-    from imagefinder import build_index
-    from imagefinder.sample import write_sample
-
-    root = tmp_path_factory.mktemp("schema-sample")
-    images, _query = write_sample(root / "images")
-    build_index([str(images)], root / "index", embedder=embedder, workers=4)
-    server = start_asgi(create_app(root / "index", Settings(max_upload_bytes=512 * 1024, max_pixels=1_000_000)))
+    index = build_api_index(tmp_path_factory.mktemp("schema-sample"), embedder)
+    server = start_asgi(create_app(index, api_settings()))
     try:
         yield server
     finally:
@@ -71,21 +57,17 @@ def api_schema(api: ServerThread):
     return schemathesis.openapi.from_url(f"{api.url}/openapi.json")
 
 
-# Every operation, with each request body type it accepts. (schemathesis.pytest.from_fixture would
-# generate this list itself, but its lazy loader does not work with pytest 9.)
-OPERATIONS = [
-    ("POST", "/search", "application/json"),
-    ("POST", "/search", "multipart/form-data"),
-    ("POST", "/images", "application/json"),
-    ("POST", "/images", "multipart/form-data"),
-    ("GET", "/images/{image_id}", None),
-    ("GET", "/images/{image_id}/thumbnail", None),
-    ("GET", "/images/{image_id}/info", None),
-    ("DELETE", "/images/{image_id}", None),
-    ("GET", "/stats", None),
-    ("GET", "/health", None),
-]
-CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
+@pytest.fixture(scope="module")
+def requests_made(request: pytest.FixtureRequest) -> Iterator[dict[str, int]]:
+    """Requests sent per case; the total is reported at the end of the module (the README quotes it)."""
+    counts: dict[str, int] = {}
+    yield counts
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and counts:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nAPI schema fuzzing: {sum(counts.values())} requests over {len(counts)} "
+                                f"cases (max_examples={MAX_EXAMPLES} per case)")
 
 
 def test_the_list_covers_every_operation_in_the_schema(api_schema) -> None:
@@ -96,22 +78,18 @@ def test_the_list_covers_every_operation_in_the_schema(api_schema) -> None:
     assert documented == {(method, path) for method, path, _ in OPERATIONS}
 
 
-# Negative (schema-violating) requests need something to violate: /stats and /health take no input.
-CASES = [(m, p, t, mode) for m, p, t in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-         if mode is GenerationMode.POSITIVE or p not in ("/stats", "/health")]
+@pytest.mark.parametrize("method, path, media_type, mode", API_CASES, ids=[api_case_id(*c) for c in API_CASES])
+def test_no_server_errors(api_schema, requests_made: dict[str, int], method: str, path: str,
+                          media_type: str | None, mode: str) -> None:
+    case_id = api_case_id(method, path, media_type, mode)
+    requests_made[case_id] = 0
 
-
-@pytest.mark.parametrize("method, path, media_type, mode", CASES,
-                         ids=[f"{m} {p} {t or ''} {mode.value}".replace("  ", " ") for m, p, t, mode in CASES])
-def test_no_server_errors(api_schema, method: str, path: str, media_type: str | None, mode: GenerationMode) -> None:
-    operation = api_schema[path][method]
-    kwargs = {"media_type": media_type} if media_type else {}
-    strategy = operation.as_strategy(generation_mode=mode, **kwargs)
-
-    @given(case=strategy)
+    @given(case=api_strategy(api_schema, method, path, media_type, mode))
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def check(case) -> None:
-        case.call_and_validate(checks=CHECKS, timeout=60)
+        requests_made[case_id] += 1
+        check_api_case(case)
 
     check()
+    assert requests_made[case_id] > 0, "no request was generated"

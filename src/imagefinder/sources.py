@@ -98,7 +98,8 @@ def read_csv(path: Path) -> Iterator[Item]:
     """Rows of a CSV: the URL column (url, image_url, image, else the first), rest as metadata."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            # blank lines are no rows: one before the header must not make the header a data row
+            rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SourceError(f"{path}: cannot read CSV: {exc}") from exc
     if not rows:
@@ -114,31 +115,35 @@ def read_csv(path: Path) -> Iterator[Item]:
         if len(row) <= column or not row[column].strip():
             continue
         meta = {h: v for i, (h, v) in enumerate(zip(header, row)) if i != column and h}
-        yield Item(_resolve(row[column].strip(), path.parent), meta)
+        yield Item(_resolve(row[column].strip(), path), meta)
 
 
 def read_list(path: Path) -> Iterator[Item]:
     """One path or URL per line; blank lines and '#' comments skipped."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: Notepad writes a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: cannot read list file: {exc}") from exc
     for line in lines:
         line = line.strip()
         if line and not line.startswith("#"):
-            yield Item(_resolve(line, path.parent))
+            yield Item(_resolve(line, path))
 
 
 def _looks_like_location(text: str) -> bool:
     return is_url(text) or is_image_path(Path(text))
 
 
-def _resolve(location: str, base: Path) -> str:
+def _resolve(location: str, listed_in: Path) -> str:
     """URLs stay as they are; relative paths are relative to the file that lists them."""
     if is_url(location):
         return location
-    path = Path(location).expanduser()
-    return str((base / path).resolve() if not path.is_absolute() else path)
+    if "\x00" in location:  # no file name can hold one (and os.path functions raise ValueError)
+        raise SourceError(f"{listed_in}: the location {location[:60]!r} contains a NUL byte; "
+                          "is this a binary file rather than a text CSV or list?")
+    # os.path.expanduser leaves '~nosuchuser/a.jpg' as it is (Path.expanduser raises RuntimeError)
+    path = Path(os.path.expanduser(location))
+    return str((listed_in.parent / path).resolve() if not path.is_absolute() else path)
 
 
 def count_by_kind(items: Iterable[Item]) -> dict[str, int]:
