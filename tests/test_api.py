@@ -432,7 +432,7 @@ def test_add_search_delete_and_restart(sample: Sample, tmp_path: Path) -> None:
         server.stop()
 
     # restart: a new process, started with the seed's own command, on the same directory
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     env = {**os.environ, "IMAGEFINDER_INDEX": str(index)}

@@ -53,14 +53,19 @@ class ImageFinder:
         self._reranker = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
 
     @property
     def manifest(self) -> dict:
         return self.store.manifest
 
     def reload(self) -> None:
-        """Pick up a newer generation (written by this or another process)."""
-        old, self.store = self.store, Store(self.store.path)
+        """Pick up a newer generation (written by this or another process).
+
+        One reload at a time: a search's refresh that opened the index just before a write
+        committed must not replace the write's newer store with its older one when it finishes."""
+        with self._reload_lock:
+            old, self.store = self.store, Store(self.store.path)
         old.close_later()
 
     def reload_if_changed(self) -> bool:

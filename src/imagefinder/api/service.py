@@ -97,13 +97,6 @@ class ServingFinder(ImageFinder):
         self._model_threads = threads
         self._model_lock = threading.Lock()
         self._model: Embedder | None = None
-        self._reload_lock = threading.Lock()
-
-    def reload(self) -> None:
-        """One reload at a time: a search's refresh that opened the index just before a write
-        committed must not replace the write's newer store with its older one when it finishes."""
-        with self._reload_lock:
-            super().reload()
 
     @property
     def embedder(self) -> Embedder:
