@@ -282,10 +282,10 @@ def test_kill_9_during_index_builds_never_loses_the_previous_index(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".idx")) == [], "no debris left"
     _write_report("build", [{"full_run_s": round(full_run, 2)}, *trials])
     killed = [t for t in trials if t["kill_after_s"] is not None]
-    resumed = [t["resumed"] for t in trials if t.get("resumed")]
-    print(f"\nbuild kill trials: {len(killed)} killed mid-build of {TRIALS}; previous index intact after "
-          f"{sum(t['index'] == 'previous' for t in killed)}, new index complete after the others; "
-          f"finished runs resumed {resumed} journalled images")
+    finished = [t for t in trials if t["kill_after_s"] is None]
+    print(f"\nbuild kill trials: {len(trials)} runs, {len(killed)} killed mid-build (index afterwards: previous "
+          f"{sum(t['index'] == 'previous' for t in killed)}, complete new {sum(t['index'] == 'new' for t in killed)}), "
+          f"{len(finished)} finished (resumed {[t['resumed'] for t in finished]} journalled images of 168)")
     assert killed, "at least one trial must kill a build in progress"
 
 
