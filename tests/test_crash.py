@@ -292,6 +292,28 @@ def test_kill_9_during_index_builds_never_loses_the_previous_index(
 # --- kill -9 of the API during adds and deletes ---------------------------------------------
 
 
+def test_the_api_sweeps_temporary_files_a_killed_server_left(ukbench_dir: Path, embedder, tmp_path: Path) -> None:
+    from imagefinder.api.service import LISTING_TEMP, UPLOAD_TEMP, Service
+    from imagefinder.api.settings import Settings
+
+    images = _copy_ukbench(ukbench_dir, range(4), tmp_path / "images")
+    build_index([str(images)], tmp_path / "idx", embedder=embedder)
+    uploads = tmp_path / "idx" / "uploads"
+    uploads.mkdir()
+    stale = [uploads / f"{UPLOAD_TEMP}abc", uploads / f"{LISTING_TEMP}def.csv"]
+    young, kept = uploads / f"{UPLOAD_TEMP}now", uploads / "f00d.jpg"  # another worker's, and a real upload
+    for path in [*stale, young, kept]:
+        path.write_bytes(b"x")
+    for path in [*stale, kept]:
+        os.utime(path, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    finder = ImageFinder(tmp_path / "idx")
+    try:
+        Service(finder, Settings())
+    finally:
+        finder.close()
+    assert sorted(p.name for p in uploads.iterdir()) == sorted([young.name, kept.name])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 UPLOADS = "uploads"
+UPLOAD_TEMP, LISTING_TEMP = ".upload-", ".add-"  # prefixes of _write_atomic's and _write_listing's temp files
 DEFAULT_K = 10
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
                "bmp": "image/bmp", "tiff": "image/tiff"}
@@ -115,6 +116,7 @@ class Service:
         # absolute and resolved: these paths become the images' sources in the index
         self.uploads = Path(finder.path).resolve() / UPLOADS
         self._files_lock = threading.Lock()
+        _sweep_temp_files(self.uploads)
         self._checked = time.monotonic()
         self.model_loaded = False
         # CPU-bound work (decode, embed, search) waits here in arrival order, so a burst of
@@ -235,7 +237,7 @@ class Service:
     def _write_listing(self, paths: list[Path], metas: list[dict[str, str]]) -> Path:
         """A CSV naming the files, so their origin (file name, URL) is kept as metadata."""
         columns = sorted({key for meta in metas for key in meta})
-        fd, name = tempfile.mkstemp(dir=self.uploads, prefix=".add-", suffix=".csv")
+        fd, name = tempfile.mkstemp(dir=self.uploads, prefix=LISTING_TEMP, suffix=".csv")
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["image", *columns])
@@ -259,8 +261,25 @@ class Service:
             path.unlink(missing_ok=True)
 
 
+STALE_TEMP_S = 3600.0  # older than any request: left by a server that was killed
+
+
+def _sweep_temp_files(uploads: Path) -> None:
+    """Remove temporary files a killed server left in uploads/ (another worker's live ones are young)."""
+    if not uploads.is_dir():
+        return
+    cutoff = time.time() - STALE_TEMP_S
+    for path in uploads.iterdir():
+        try:
+            if path.name.startswith((UPLOAD_TEMP, LISTING_TEMP)) and path.stat().st_mtime < cutoff:
+                path.unlink()
+                log.info("removed %s, left by an interrupted request", path.name)
+        except OSError:
+            pass  # gone already, or not ours to remove
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=UPLOAD_TEMP)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
