@@ -204,6 +204,17 @@ def test_cli_search_with_a_url_query_prints_json(url_index, served: dict[str, st
     assert http_server.count("/ingest/query/x.jpg") == 1
 
 
+def test_cli_public_urls_only_refuses_a_local_server(served: dict[str, str], cli, tmp_path: Path) -> None:
+    listing = tmp_path / "urls.txt"
+    listing.write_text(served["good0"] + "\n")
+    proc = cli("index", listing, "--out", tmp_path / "idx", "--json", "-q", "--public-urls-only")
+    assert proc.returncode == 1, proc.stderr  # ran, indexed nothing
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == 1 and list(summary["failure_reasons"]) == ["refused"], summary
+    info = json.loads(cli("info", tmp_path / "idx", "--json").stdout)
+    assert "private address" in info["failures"][0]["error"] and "loopback" in info["failures"][0]["error"]
+
+
 def test_cli_search_with_a_failing_url_query_exits_2(url_index, served: dict[str, str], cli) -> None:
     out, _ = url_index
     proc = cli("search", out, served["missing"], "--json", "-q")

@@ -21,6 +21,7 @@ from .search import METRICS
 from .sources import SourceError
 
 if TYPE_CHECKING:
+    from .download import DownloadConfig
     from .pipeline import BuildReport  # imported lazily at run time: it loads the model stack
 
 EXIT_OK, EXIT_EMPTY, EXIT_INPUT = 0, 1, 2
@@ -121,11 +122,28 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     p.add_argument("--workers", type=int, help="download/decode threads (default 2x cores, at least 4)")
     p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
+    _download_options(p)
     p.add_argument("--local-features", action="store_true",
                    help="also extract the local features that `search --rerank` uses (else: on first use)")
     _scale_options(p)
     _common(p)
     p.set_defaults(func=cmd_index)
+
+
+def _download_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-urls-only", action="store_true",
+                   help="refuse URLs (and redirects) to loopback, private, link-local or reserved addresses: for "
+                        "lists from untrusted sources (default: allowed, e.g. images on your own network)")
+
+
+def _download_config(args: argparse.Namespace) -> DownloadConfig | None:
+    if not args.public_urls_only:
+        return None
+    from dataclasses import replace
+
+    from .pipeline import default_download_config
+
+    return replace(default_download_config(), allow_private=False)
 
 
 def _scale_options(p: argparse.ArgumentParser) -> None:
@@ -155,8 +173,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     config = _config(args)
     config.target_recall, config.rerank, config.store = args.target_recall, args.rerank, args.store
-    report = build_index(args.sources, args.out, config, batch_size=args.batch_size,
-                         workers=args.workers, progress=_progress(args), runner=_runner(args))
+    report = build_index(args.sources, args.out, config, batch_size=args.batch_size, workers=args.workers,
+                         progress=_progress(args), download=_download_config(args), runner=_runner(args))
     if args.local_features and report.indexed:
         from .finder import ImageFinder
 
@@ -375,6 +393,7 @@ def _update_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index", type=Path, metavar="DIR")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="as for `imagefinder index`")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _download_options(p)
     _common(p)
     p.set_defaults(func=cmd_add)
     p = sub.add_parser("remove", help="remove images from an index by id")
@@ -387,7 +406,7 @@ def _update_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_add(args: argparse.Namespace) -> int:
     from .pipeline import add_to_index
 
-    report = add_to_index(args.index, args.sources, progress=_progress(args))
+    report = add_to_index(args.index, args.sources, progress=_progress(args), download=_download_config(args))
     return _print_report(report, args.json, verb="added")
 
 
