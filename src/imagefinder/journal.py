@@ -104,6 +104,8 @@ class Journal:
     def finished(self, items: list[Item]) -> dict[int, Finished]:
         """Position in `items` -> what the journal holds for it."""
         found: dict[int, Finished] = {}
+        if not len(self):  # the usual case: nothing to look up, item by item, in a million
+            return found
         for pos, item in enumerate(items):
             key = item_key(item)
             if key is None:
