@@ -198,6 +198,29 @@ def _index_command(sources: list[Path], out: Path) -> list[str]:
             "--batch-size", "8", "--quiet"]
 
 
+def test_ctrl_c_stops_a_build_cleanly_and_the_rerun_resumes(ukbench_dir: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "all.txt"  # the 1000 UKBench images in place: long enough to interrupt
+    listing.write_text("\n".join(str(p) for p in sorted((ukbench_dir / "images").glob("*.jpg"))) + "\n")
+    journal = tmp_path / ".idx.journal.sqlite"
+    child = subprocess.Popen(_index_command([listing], tmp_path / "idx"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _journal_rows(journal) == 0 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "idx").exists() and [p.name for p in tmp_path.glob(".idx.tmp-*")] == []
+    journalled = _journal_rows(journal)
+    assert 0 < journalled < 1000
+    rerun = subprocess.run(_index_command([listing], tmp_path / "idx"), check=False, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert (summary["items"], summary["indexed"], summary["resumed"]) == (1000, 1000, journalled)
+
+
 def _url_listing(http_server, ukbench_dir: Path, numbers: range, prefix: str, path: Path) -> list[str]:
     urls = []
     for n in numbers:

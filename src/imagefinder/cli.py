@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagefinder: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("imagefinder: interrupted; any index being written was left untouched", file=sys.stderr)
+        print("imagefinder: interrupted; the index was left as it was (re-run the same command to resume)",
+              file=sys.stderr)
         return 130
 
 
