@@ -8,7 +8,10 @@ size, and that the index it wrote opens and answers searches. The CLI gets the c
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from test_images import BLUE, RED, _close
 
 from imagefinder import ImageFinder, build_index
 from imagefinder.download import DownloadConfig
-from imagefinder.images import open_image
+from imagefinder.images import ImageError, open_image
 from imagefinder.index import Store
 
 GROUP = range(4)  # UKBench images 0-3: four photos of one object
@@ -152,6 +155,44 @@ def test_unreadable_file_case(corpus: Corpus, ingest) -> None:
     if case.skip:
         pytest.skip(case.skip)
     assert _rows(ingest[0])[case.source]["error"] == "permission denied reading the file"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the corpus run itself checks chmod 000 when not root")
+def test_unreadable_file_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """As root chmod 000 blocks nothing, so the decode runs in a forked child that drops to nobody."""
+    folder = Path(tempfile.mkdtemp(prefix="imagefinder-perm-"))  # /tmp itself: nobody may enter it
+    try:
+        folder.chmod(0o755)
+        unreadable = folder / "unreadable.jpg"
+        Image.new("RGB", (8, 8), RED).save(unreadable)
+        unreadable.chmod(0)
+        assert _open_as(65534, unreadable) == "permission denied reading the file"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open_as(uid: int, path: Path) -> str:
+    """`open_image(path)` in a child process running as `uid`: its ImageError message, or 'opened'."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: only this thread exists here; report and leave without running any cleanup
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                open_image(path)
+                message = "opened"
+            except ImageError as exc:
+                message = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+            message = f"child failed: {exc!r}"
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read().decode()
+    os.waitpid(pid, 0)
+    return message
 
 
 def test_cli_index_of_the_corpus_folder_reports_failures_and_exits_0(corpus: Corpus, cli, tmp_path: Path) -> None:
