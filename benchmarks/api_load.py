@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from imagefinder.serve import wait_ready
+from imagefinder.serve import stop_children, wait_ready
 
 
 def free_port() -> int:
@@ -233,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                                           args.writers))
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+                stop_children([proc], grace_s=15)
 
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from imagefinder.api import Settings, create_app
 from imagefinder.api.testing import ServerThread, start_asgi
 from imagefinder.search import METRICS
-from imagefinder.serve import wait_ready
+from imagefinder.serve import stop_children, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_UPLOAD = 2 * 1024 * 1024
@@ -449,12 +449,7 @@ def test_add_search_delete_and_restart(sample: Sample, tmp_path: Path) -> None:
             assert_error(c.get(f"/images/{dropped['id']}"), 404)
             assert c.get(f"/images/{kept['id']}").content == keep
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_children([proc], grace_s=15)
 
 
 def test_add_by_url_records_its_origin(sample: Sample, tmp_path: Path, http_server) -> None:

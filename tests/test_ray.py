@@ -24,6 +24,7 @@ ray = pytest.importorskip("ray", reason='needs `pip install "ray[data]"`')
 from imagefinder.index import Store, read_manifest
 from imagefinder.pipeline import build_index
 from imagefinder.runners import LocalRunner
+from imagefinder.serve import stop_children
 
 N = 24
 
@@ -63,12 +64,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.2)
         yield address_file.read_text()
     finally:
-        head.send_signal(signal.SIGINT)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
+        stop_children([head], grace_s=60, sig=signal.SIGINT)  # SIGINT: the head runs ray.shutdown()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping...", file=sys.stderr, flush=True)
         return 0
     finally:
-        _stop_all(children)
+        stop_children(children)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -117,12 +117,13 @@ def _wait_ready(url: str, child: subprocess.Popen, timeout: float = READY_TIMEOU
     return state != "exited"
 
 
-def _stop_all(children: list[subprocess.Popen]) -> None:
-    """SIGTERM each child that is still running, then SIGKILL whatever outlives the grace period."""
+def stop_children(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S,
+                  sig: signal.Signals = signal.SIGTERM) -> None:
+    """Send `sig` to each child that is still running, then SIGKILL whatever outlives the grace period."""
     for child in children:
         if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
+            child.send_signal(sig)
+    deadline = time.monotonic() + grace_s
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
