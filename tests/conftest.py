@@ -191,6 +191,18 @@ def http_server() -> Iterator[HTTPTestServer]:
         thread.join(timeout=5)
 
 
+def rows_by_source(index: Path) -> dict[str, dict]:
+    """Every row of an index's id table (failed ones included), by source."""
+    from imagefinder.index import Store
+
+    store = Store(index)
+    try:
+        rows = store.records(list(range(store.manifest["counts"]["items"])))
+    finally:
+        store.close()
+    return {row["source"]: row for row in rows.values()}
+
+
 # --- running the CLI ----------------------------------------------------------------------------
 
 

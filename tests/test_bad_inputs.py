@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from badcorpus import UPRIGHT, Corpus, MisbehavingServer, download_config, write_corpus
+from conftest import rows_by_source
 from PIL import Image
 from test_images import BLUE, RED, _close
 
@@ -50,15 +51,6 @@ def ingest(corpus: Corpus, embedder, tmp_path_factory: pytest.TempPathFactory):
     return out, report
 
 
-def _rows(out: Path) -> dict[str, dict]:
-    store = Store(out)
-    try:
-        rows = store.records(list(range(store.manifest["counts"]["items"])))
-    finally:
-        store.close()
-    return {row["source"]: row for row in rows.values()}
-
-
 def test_the_corpus_has_at_least_30_cases_of_each_kind_needed(corpus: Corpus) -> None:
     active = corpus.active()
     assert len(corpus.cases) >= 30 and len(active) >= 30
@@ -75,13 +67,13 @@ def test_the_run_finishes_with_every_item_accounted_for(corpus: Corpus, ingest) 
     good = [c for c in active if c.ok]
     assert (report.items, report.indexed, report.failed) == (len(active), len(good), len(active) - len(good))
     assert sum(report.failure_reasons.values()) == report.failed
-    rows = _rows(out)
+    rows = rows_by_source(out)
     assert set(rows) == {c.source for c in active}, "each case once: no walk into the folder loop, nothing lost"
 
 
 def test_each_case_is_recorded_with_its_reason(corpus: Corpus, ingest) -> None:
     out, _ = ingest
-    rows = _rows(out)
+    rows = rows_by_source(out)
     wrong = []
     for case in corpus.active():
         row = rows[case.source]
@@ -95,7 +87,7 @@ def test_each_case_is_recorded_with_its_reason(corpus: Corpus, ingest) -> None:
 
 def test_failure_summary_groups_the_reasons(corpus: Corpus, ingest) -> None:
     out, report = ingest
-    rows = _rows(out)
+    rows = rows_by_source(out)
     errors = [rows[c.source]["error"] for c in corpus.active() if not c.ok]
     assert report.failure_reasons == dict(Counter(e.split(":")[0].strip() for e in errors))
     for reason in ("corrupt or truncated image", "HTTP 404 Not Found", "too many redirects (more than 5)",
@@ -121,7 +113,7 @@ def test_the_index_stays_valid_and_searchable(corpus: Corpus, ingest, photos: li
         same_object = {cases[n].source for n in ("good_0", "good_2", "good_3", "url_good", "non_utf8_name",
                                                  "long_utf8_name")}
         assert {r.source for r in results[2:8]} == same_object, "then the other photos of the same object"
-        failed_ids = {row["id"] for row in _rows(out).values() if row["status"] == "failed"}
+        failed_ids = {row["id"] for row in rows_by_source(out).values() if row["status"] == "failed"}
         assert len(failed_ids) == report.failed
         assert not failed_ids & {r.id for r in results}
         with pytest.raises(KeyError):
@@ -137,7 +129,7 @@ def test_exif_orientation_cases_decode_upright(corpus: Corpus, ingest, orientati
     assert stored == (UPRIGHT[::-1] if orientation >= 5 else UPRIGHT), "5-8 are stored with width/height swapped"
     decoded = open_image(Path(case.source))
     assert decoded.image.size == (decoded.width, decoded.height) == UPRIGHT
-    assert _rows(ingest[0])[case.source]["width"] == UPRIGHT[0]
+    assert rows_by_source(ingest[0])[case.source]["width"] == UPRIGHT[0]
     w, h = UPRIGHT
     assert _close(decoded.image.getpixel((w // 4, h // 4)), RED), "red quadrant must be top-left"
     for xy in [(3 * w // 4, h // 4), (w // 4, 3 * h // 4), (3 * w // 4, 3 * h // 4)]:
@@ -154,7 +146,7 @@ def test_unreadable_file_case(corpus: Corpus, ingest) -> None:
     case = corpus.by_name()["unreadable"]
     if case.skip:
         pytest.skip(case.skip)
-    assert _rows(ingest[0])[case.source]["error"] == "permission denied reading the file"
+    assert rows_by_source(ingest[0])[case.source]["error"] == "permission denied reading the file"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the corpus run itself checks chmod 000 when not root")

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import rows_by_source
 
 from imagefinder import ImageFinder, build_index
 from imagefinder.download import DownloadConfig, cache_path
-from imagefinder.index import Store
 
 GOOD = 8
 MAX_BYTES = 150_000  # every UKBench JPEG is < 90 kB
@@ -82,19 +82,10 @@ def url_index(url_csv: Path, download_config: DownloadConfig, embedder, tmp_path
     return out, report
 
 
-def _rows_by_source(path: Path) -> dict[str, dict]:
-    store = Store(path)
-    try:
-        rows = store.records(list(range(store.manifest["counts"]["items"])))
-    finally:
-        store.close()
-    return {row["source"]: row for row in rows.values()}
-
-
 def test_each_url_gets_its_status_and_reason(url_index, served: dict[str, str]) -> None:
     out, report = url_index
     assert (report.items, report.indexed, report.failed) == (len(EXPECTED), GOOD, len(EXPECTED) - GOOD)
-    rows = _rows_by_source(out)
+    rows = rows_by_source(out)
     assert set(rows) == set(served.values())
     for name, (status, reason) in EXPECTED.items():
         row = rows[served[name]]
@@ -107,7 +98,7 @@ def test_each_url_gets_its_status_and_reason(url_index, served: dict[str, str]) 
 
 def test_metadata_columns_are_kept_for_every_row(url_index, served: dict[str, str]) -> None:
     out, _ = url_index
-    rows = _rows_by_source(out)
+    rows = rows_by_source(out)
     for name, url in served.items():
         assert rows[url]["meta"] == {"title": f"Title of {name}, with a comma"}
 
@@ -129,7 +120,7 @@ def test_summary_counts_failure_reasons(url_index, served: dict[str, str]) -> No
 def test_downloads_are_cached_under_the_url_hash(url_index, served: dict[str, str], download_config,
                                                  ukbench_dir: Path) -> None:
     out, _ = url_index
-    rows = _rows_by_source(out)
+    rows = rows_by_source(out)
     for i in range(GOOD):
         url = served[f"good{i}"]
         cached = cache_path(url, download_config.cache_dir)
@@ -179,7 +170,7 @@ def test_list_file_mixes_local_paths_and_urls(http_server, ukbench_dir: Path, em
     listing.write_text(f"# my images\nlocal.jpg\n\n{url}\n  \n")
     report = build_index([str(listing)], tmp_path / "index", download=download_config, embedder=embedder)
     assert (report.items, report.indexed, report.failed) == (2, 2, 0)
-    rows = _rows_by_source(tmp_path / "index")
+    rows = rows_by_source(tmp_path / "index")
     assert set(rows) == {str((tmp_path / "local.jpg").resolve()), url}
     f = ImageFinder(tmp_path / "index")
     try:
@@ -232,7 +223,7 @@ def test_csv_without_header_and_csv_of_relative_paths(url_index, served: dict[st
     report = build_index([str(bare)], tmp_path / "bare-index", download=download_config, embedder=embedder)
     assert (report.items, report.indexed) == (2, 2)
     assert http_server.count("/ingest/good0.jpg") == before
-    assert set(_rows_by_source(tmp_path / "bare-index")) == {served["good0"], served["good1"]}
+    assert set(rows_by_source(tmp_path / "bare-index")) == {served["good0"], served["good1"]}
     # local paths in a CSV are relative to the CSV's own folder; other columns become metadata
     (tmp_path / "pics").mkdir()
     (tmp_path / "pics" / "a.jpg").write_bytes(_jpeg(ukbench_dir, 30))
@@ -240,6 +231,6 @@ def test_csv_without_header_and_csv_of_relative_paths(url_index, served: dict[st
     listing.write_text("caption,url\nhello,pics/a.jpg\n")
     report = build_index([str(listing)], tmp_path / "local-index", embedder=embedder)
     assert (report.items, report.indexed) == (1, 1)
-    rows = _rows_by_source(tmp_path / "local-index")
+    rows = rows_by_source(tmp_path / "local-index")
     assert list(rows) == [str((tmp_path / "pics" / "a.jpg").resolve())]
     assert next(iter(rows.values()))["meta"] == {"caption": "hello"}
