@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -185,24 +186,29 @@ def build_index(
     items = _expand_nonempty(sources)
     embedder = embedder or Embedder(config.model)
     writer = ArtifactWriter(Path(out))
-    journal = open_journal(writer.journal_path, embedder)
-    try:
-        records, raw, resumed = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size,
-                                            workers=workers, progress=progress, download=download, runner=runner,
-                                            journal=journal)
-        report = _finish(writer, records, raw, config, embedder, start)
-    except BaseException:
-        writer.abort()
-        journal.close()  # kept: the next run over these sources resumes from it
-        raise
-    journal.delete()
+    with resume_journal(writer.journal_path, embedder) as journal:
+        try:
+            records, raw, resumed = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size,
+                                                workers=workers, progress=progress, download=download,
+                                                runner=runner, journal=journal)
+            report = _finish(writer, records, raw, config, embedder, start)
+        except BaseException:
+            writer.abort()
+            raise
     report.resumed = resumed
     return report
 
 
-def open_journal(path: Path, embedder: Embedder) -> Journal:
-    fingerprint = model_fingerprint([asdict(m) for m in embedder.info()])
-    return Journal(path, fingerprint, embedder.dim)
+@contextmanager
+def resume_journal(path: Path, embedder: Embedder) -> Iterator[Journal]:
+    """The journal of `embedder`'s items at `path`: kept if the block fails, deleted once it succeeds."""
+    journal = Journal(path, model_fingerprint([asdict(m) for m in embedder.info()]), embedder.dim)
+    try:
+        yield journal
+    except BaseException:
+        journal.close()  # kept: the next run over these sources resumes from it
+        raise
+    journal.delete()
 
 
 def _expand_nonempty(sources: Sequence[str]) -> list[Item]:
@@ -285,16 +291,11 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
         embedder = embedder or Embedder.for_manifest(manifest)
         if embedder.model != manifest["model"]:
             raise IndexError_(f"{path} was built with {manifest['model']}, not {embedder.model}")
-        journal = open_journal(path / ADD_JOURNAL, embedder)
-        try:
+        with resume_journal(path / ADD_JOURNAL, embedder) as journal:
             records, raw, resumed = embed_items(items, int(manifest["rows"]), embedder, path / THUMBS,
                                                 batch_size=batch_size, progress=progress, download=download,
                                                 runner=runner, journal=journal)
             manifest = commit_update(path, records, raw, [])
-        except BaseException:
-            journal.close()
-            raise
-        journal.delete()
     report = _report(path, records, manifest["index_spec"], time.perf_counter() - start)
     report.resumed = resumed
     return report
