@@ -20,7 +20,7 @@ from PIL import Image
 from .download import fetch
 from .embed import Embedder
 from .images import ImageError, open_image
-from .index import Record, Store, is_exact, read_manifest
+from .index import Store, is_exact, read_manifest
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
 from .search import Hit, SearchSpace, search
 from .sources import is_url
@@ -201,7 +201,7 @@ class ImageFinder:
             "clusters": m.get("clusters"),
             "nprobe": m.get("nprobe"),
             "counts": m["counts"],
-            "failure_reasons": failure_reasons(Record(**{k: r[k] for k in ("id", "source", "error")}) for r in failed),
+            "failure_reasons": failure_reasons(r["error"] for r in failed),
             "failures": [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in failed[:failures]],
             "created_at": m["created_at"],
             "versions": m.get("versions", {}),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -393,15 +393,11 @@ def rebuild_index(path: Path | str, config: IndexConfig | None = None, check: bo
 
 def _report(path: Path, records: list[Record], spec: str, seconds: float) -> BuildReport:
     failed = [r for r in records if r.status == "failed"]
-    return BuildReport(path, len(records), len(records) - len(failed), len(failed), failure_reasons(failed), spec,
+    return BuildReport(path, len(records), len(records) - len(failed), len(failed), failure_reasons(r.error for r in failed), spec,
                        seconds, len(records) / seconds if seconds else 0.0,
                        [{"id": r.id, "source": r.source, "error": r.error} for r in failed[:20]])
 
 
-def failure_reasons(failed: Iterable[Record]) -> dict[str, int]:
-    """Failures grouped by the reason's leading phrase ('HTTP 404', 'corrupt or truncated image')."""
-    counts: dict[str, int] = {}
-    for r in failed:
-        key = (r.error or "unknown").split(":")[0].strip()
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+def failure_reasons(errors: Iterable[str | None]) -> dict[str, int]:
+    """Failures' errors grouped by the reason's leading phrase ('HTTP 404', 'corrupt or truncated image')."""
+    return dict(Counter((error or "unknown").split(":")[0].strip() for error in errors).most_common())
