@@ -26,7 +26,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,13 +37,8 @@ from pathlib import Path
 
 import httpx
 
+from imagefinder.api.testing import free_port
 from imagefinder.serve import stop_children, wait_ready
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_sample(root: Path) -> tuple[Path, Path]:

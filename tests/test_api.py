@@ -26,7 +26,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from imagefinder.api import Settings, create_app
-from imagefinder.api.testing import ServerThread, start_asgi
+from imagefinder.api.testing import ServerThread, free_port, start_asgi
 from imagefinder.search import METRICS
 from imagefinder.serve import stop_children, wait_ready
 
@@ -477,12 +477,6 @@ def test_add_by_url_records_its_origin(sample: Sample, tmp_path: Path, http_serv
 # --- one command for both servers ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -494,7 +488,7 @@ def test_serve_runs_api_and_web_and_ctrl_c_stops_both(sample: Sample, tmp_path: 
 
     index = tmp_path / "index"
     shutil.copytree(sample.index, index)
-    api_port, web_port = _free_port(), _free_port()
+    api_port, web_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "imagefinder.serve", "--index", str(index),
                              "--api-port", str(api_port), "--web-port", str(web_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pytest
 from conftest import REPO, ukbench_image
 
 from imagefinder import build_index
+from imagefinder.api.testing import free_port
 from imagefinder.download import cache_path
 from imagefinder.embed import Embedder
 from imagefinder.finder import ImageFinder
@@ -337,12 +337,6 @@ def test_the_api_sweeps_temporary_files_a_killed_server_left(ukbench_dir: Path, 
     assert sorted(p.name for p in uploads.iterdir()) == sorted([young.name, kept.name])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class ApiLedger:
     """What the API acknowledged: live ids -> source, and the one request in flight at the kill."""
@@ -417,7 +411,7 @@ def test_kill_9_of_the_api_during_adds_and_deletes_loses_nothing_acknowledged(
     store.close()
     trials: list[dict] = []
     for trial in range(TRIALS):
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "imagefinder.api", "--index", str(index), "--port", str(port),
                                    "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

@@ -34,6 +34,14 @@ class ServerThread:
             raise RuntimeError(f"server on {self.url} did not stop within {timeout:.0f} s")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now, for a server in another process that binds it itself (a small race,
+    unlike `start_asgi`, which binds before it starts)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _bound_socket(host: str, port: int) -> socket.socket:
     # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they
     # are TCP, and with Nagle on, every response whose headers and body are written apart waits
