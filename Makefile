@@ -6,7 +6,7 @@ API_PORT ?= 8000
 WEB_PORT ?= 5000
 INDEX ?=
 
-.PHONY: setup demo test run serve-api serve-web bench-api lint lock audit clean
+.PHONY: setup demo test test-fast check run serve-api serve-web bench-api lint lock audit clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,10 +14,22 @@ setup:
 demo: setup
 	$(BIN)/imagefinder demo --dir sample
 
+## static checks: lint (ruff), layer contracts (import-linter, .importlinter), types (mypy on src/)
+check: setup
+	$(PYTHON) -m ruff check src tests benchmarks scripts
+	$(BIN)/lint-imports --no-cache
+	$(PYTHON) -m mypy
+
+## everything (what CI runs)
 test: setup
 	bash scripts/setup.sh --browser
 	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(PYTHON) -m pytest -q
+
+## the edit-run loop: static checks + all but the slow end-to-end tests (notebook, crash trials, Ray, fine-tuning)
+test-fast: setup
+	$(MAKE) --no-print-directory check
+	$(PYTHON) -m pytest -q -m "not slow"
 
 ## API (http://127.0.0.1:8000/docs) + web page (http://127.0.0.1:5000); builds the sample index
 ## on first use unless INDEX=DIR is given; Ctrl-C stops both.

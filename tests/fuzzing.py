@@ -451,7 +451,7 @@ def check_decode(data: bytes) -> str:
         assert decoded.sha256 == hashlib.sha256(data).hexdigest()
         thumb = thumbnail_jpeg(img, size=64)
         with Image.open(io.BytesIO(thumb)) as t:
-            assert t.format == "JPEG" and 1 <= min(t.size) and max(t.size) <= 64, f"bad thumbnail {t.size}"
+            assert t.format == "JPEG" and min(t.size) >= 1 and max(t.size) <= 64, f"bad thumbnail {t.size}"
         for spec in _SPECS:
             arr = to_array(img, spec)
             shape = (3, spec.size, spec.size) if spec.layout == "NCHW" else (spec.size, spec.size, 3)

@@ -40,6 +40,9 @@ from imagefinder.journal import Journal
 from imagefinder.serve import wait_ready
 from imagefinder.sources import Item
 
+# end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them
+pytestmark = pytest.mark.slow
+
 TRIALS = int(os.environ.get("IMAGEFINDER_CRASH_TRIALS", "10"))
 SEED = int(os.environ.get("IMAGEFINDER_CRASH_SEED", "7"))
 ARTIFACTS = REPO / "test-artifacts"

@@ -26,6 +26,9 @@ from imagefinder.models import finetune as ft
 from imagefinder.models.augment import PLAIN, Augment, views
 from imagefinder.pooling import Pooling
 
+# end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them
+pytestmark = pytest.mark.slow
+
 N_IMAGES = 16
 TINY = ft.TrainConfig(epochs=2, batch_size=8, image_size=96, lr=1e-4, val_split=0.125, seed=3, device="cpu")
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them
+pytestmark = pytest.mark.slow
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

@@ -26,6 +26,9 @@ from imagefinder.pipeline import build_index
 from imagefinder.runners import LocalRunner
 from imagefinder.serve import stop_children
 
+# end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them
+pytestmark = pytest.mark.slow
+
 N = 24
 
 
@@ -36,6 +39,7 @@ N = 24
 # process that imported it already cannot change.)
 HEAD = """
 import os, sys, time, ray
+
 info = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(info.address_info["gcs_address"])

@@ -675,10 +675,8 @@ def library_versions() -> dict[str, str]:
     names = ["imagefinder", "faiss-cpu", "onnxruntime", "numpy", "pillow", "ray", "pymilvus", "milvus-lite"]
     out = {}
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
