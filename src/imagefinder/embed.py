@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -23,8 +23,15 @@ from .models import OnnxModel, get_backbone
 from .models.registry import parse_members
 from .pooling import MemberSpec, Pooling, power_normalize
 
-if TYPE_CHECKING:
-    from .index.manifest import Manifest
+
+class RecordedModel(Protocol):
+    """What `Embedder.for_manifest` reads of an `index.Manifest` (index imports embed: no import back)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def members(self) -> list[dict[str, Any]]: ...
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -58,7 +65,7 @@ class Embedder:
         self.specs = [MemberSpec(spec.name, pooling, spec.weight, True) for spec, pooling in zip(specs, poolings)]
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest, threads: int | None = None) -> Embedder:
+    def for_manifest(cls, manifest: RecordedModel, threads: int | None = None) -> Embedder:
         """The embedder an index was built with: its model spec and the pooling recorded per member.
 
         Every member of a manifest records its pooling (older manifests get theirs by migration,
