@@ -146,7 +146,7 @@ def test_manifest_records_model_weights_spec_counts_versions(small_index) -> Non
     assert {"numpy", "faiss-cpu", "onnxruntime", "pillow"} <= set(m.versions)
     created = dt.datetime.fromisoformat(m.created_at)
     assert created.tzinfo is not None
-    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 3600
+    assert abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 3600
 
 
 def test_flat_index_gets_kmeans_clusters_for_every_image(small_index) -> None:

@@ -6,7 +6,6 @@ compares images added since with it and says when `imagefinder rebuild` is due.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -14,6 +13,7 @@ import numpy as np
 from faiss.contrib.inspect_tools import get_invlist_sizes
 
 from .faiss_ops import apply_chain, ivf_of, pca_of, unit_rows
+from .manifest import utc_now
 from .spec import IndexConfig, choose_spec, kind
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def training_baseline(index: faiss.Index | None, features: np.ndarray, ids: np.n
     """What the manifest keeps about the training, to compare later additions with."""
     sample = np.sort(np.random.default_rng(3).choice(ids, min(DRIFT_SAMPLE, len(ids)), replace=False)) if len(ids) else ids
     return {"rows": int(rows), "live": len(ids), "generation": int(generation), "seconds": round(seconds, 2),
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "at": utc_now(),
             "ivf_cv": list_size_cv(index), **fit_stats(index, unit_rows(features, sample) if len(sample) else sample)}
 
 

@@ -59,8 +59,9 @@ class Counts:
     removed: int = 0
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def utc_now() -> str:
+    """The manifest's timestamps: UTC, to the second, ISO 8601."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # Optional entries written even when empty (null), as builds always have; other None fields are left out.
@@ -79,7 +80,7 @@ class Manifest:
     member_slices: list[list[int]] = field(default_factory=list)  # [start, stop) columns of each member
     counts: Counts = field(default_factory=Counts)
     format_version: int = FORMAT_VERSION
-    created_at: str = field(default_factory=_now)
+    created_at: str = field(default_factory=utc_now)
     updated_at: str | None = None
     rebuilt_at: str | None = None
     generation: int = 0
@@ -146,7 +147,7 @@ class Manifest:
 
     def stamped(self, **changes: Any) -> Manifest:
         """`replace`, recording the time of the update."""
-        return self.replace(updated_at=_now(), **changes)
+        return self.replace(updated_at=utc_now(), **changes)
 
     # Transitional dict-style reads, for the modules that still read the manifest as a dict
     # (cli.py, api/service.py); they convert to attributes, then these go.

@@ -8,7 +8,6 @@ committed one had left to do.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from .drift import drift_report
 from .faiss_ops import ADD_CHUNK, hnsw_of, read_faiss, unit_rows
 from .items import Items, Record
 from .layout import EMBEDDINGS, ITEMS, IndexError_, vectors_file
-from .manifest import Counts, Manifest, read_manifest, write_manifest
+from .manifest import Counts, Manifest, read_manifest, utc_now, write_manifest
 from .spec import IndexConfig
 from .store import Store
 from .vectors import build_vectors
@@ -175,7 +174,7 @@ def rebuild(path: Path | str, config: IndexConfig | None = None) -> dict[str, An
                                   **built.fields}
         manifest = manifest.replace(**fields, centroids=centroids, generation=new_gen, index_spec=built.spec,
                                     config=config, labels_stale=True,
-                                    rebuilt_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                                    rebuilt_at=utc_now())
         write_manifest(path, manifest)
         fsync_dir(path)
         (path / vectors_file(gen)).unlink(missing_ok=True)
