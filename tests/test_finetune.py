@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from imagefinder import ImageFinder, build_index
-from imagefinder.images import Preprocess
 from imagefinder.index import IndexConfig
+from imagefinder.ingest.decode import Preprocess
 from imagefinder.models import ModelUnavailable, OnnxModel, get_backbone, parse_model_spec
 from imagefinder.models import finetune as ft
 from imagefinder.models.augment import PLAIN, Augment, views

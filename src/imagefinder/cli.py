@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, train_cli
-from .images import ImageError
 from .index import IndexConfig, IndexError_
+from .ingest.decode import ImageError
+from .ingest.sources import SourceError
 from .models import BACKBONES, DEFAULT_MODEL, ModelUnavailable
 from .search import METRICS
-from .sources import SourceError
 
 if TYPE_CHECKING:
-    from .download import DownloadConfig
+    from .ingest.download import DownloadConfig
     from .pipeline import BuildReport  # imported lazily at run time: it loads the model stack
 
 EXIT_OK, EXIT_EMPTY, EXIT_INPUT = 0, 1, 2
@@ -164,7 +164,7 @@ def _scale_options(p: argparse.ArgumentParser) -> None:
 def _runner(args: argparse.Namespace):
     if not (args.ray or args.ray_address):
         return None
-    from .runners import RayRunner
+    from .runners.ray import RayRunner
 
     return RayRunner(address=args.ray_address)
 

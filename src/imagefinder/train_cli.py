@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .ingest.sources import SourceError
     from .models import ModelUnavailable
-    from .sources import SourceError
 
     try:
         return args.func(args)

@@ -44,8 +44,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..images import ImageError, open_image
-from ..sources import SourceError, expand_sources
+from ..ingest.decode import ImageError, open_image
+from ..ingest.sources import SourceError, expand_sources
 from . import export, registry
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def load_images(sources: Sequence[str], size: int, *, workers: int | None = None
         raise SourceError(f"no images found in {', '.join(map(str, sources))}")
     downloader = None
     if any(item.is_url for item in items):
-        from ..download import Downloader
+        from ..ingest.download import Downloader
         from ..pipeline import default_download_config
 
         downloader = Downloader(default_download_config())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import Preprocess
+from ..ingest.decode import Preprocess
 from ..pooling import Pooling, SpecError, parse_spec, pool_map, pool_tokens
 from . import export
 
