@@ -22,7 +22,7 @@ from PIL import Image
 from imagefinder.ingest.decode import sniff_image_type
 from imagefinder.ingest.download import DownloadConfig, Downloader, FetchResult, cache_path, fetch
 from imagefinder.ingest.sources import Item
-from imagefinder.net import retry
+from imagefinder.net import policy, retry
 from imagefinder.pipeline import failure_reasons
 from imagefinder.runners.local import LocalRunner, ordered_map
 
@@ -554,3 +554,27 @@ def test_downloader_rejects_zero_workers(tmp_path: Path) -> None:
     # Refuse up front rather than build a pool that can never run anything.
     with pytest.raises(ValueError, match="workers"):
         Downloader(DownloadConfig(cache_dir=tmp_path, workers=0))
+
+
+def test_a_checked_crawl_connects_to_the_vetted_address(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With allow_private off, the host is resolved once and the request goes to that address
+    (as the API's fetch does): `crawl.test` exists only in this fake resolver, so a second,
+    real lookup by the HTTP client would fail."""
+    lookups: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(policy, "resolve_host", resolve)
+    config = DownloadConfig(cache_dir=tmp_path, allow_private=False, allowed_private=("127.0.0.1",))
+    url = server.url("/img.jpg").replace("127.0.0.1", "crawl.test")
+    result = fetch(url, config)
+    assert result.ok, result.error
+    assert lookups == ["crawl.test"]
+    refused = fetch(url, DownloadConfig(cache_dir=tmp_path / "other", allow_private=False))
+    assert refused.error == (
+        "refused: private address: 'crawl.test' resolves to 127.0.0.1, a loopback address (allow_private is off)"
+    )
