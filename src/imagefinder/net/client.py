@@ -65,8 +65,8 @@ class Fetched:
 
 def make_client(timeout: float, *, connections: int | None = None, trust_env: bool = False) -> httpx.Client:
     """A client for `fetch_with` (one per downloader, so connections are pooled across URLs)."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections) if connections \
-        else httpx.Limits()
+    # without `connections`, httpx's default pool (100 connections, 20 kept alive)
+    limits = httpx.Limits(max_connections=connections or 100, max_keepalive_connections=connections or 20)
     return httpx.Client(trust_env=trust_env, follow_redirects=False, timeout=httpx.Timeout(timeout), limits=limits,
                         headers={"User-Agent": USER_AGENT})
 
