@@ -39,7 +39,7 @@ from .index import (
 )
 from .ingest.download import DownloadConfig
 from .ingest.journal import Journal, model_fingerprint
-from .ingest.sources import Item, SourceError, expand_sources
+from .ingest.sources import Item, expand_nonempty
 from .ingest.stages import Loaded
 from .models import registry
 from .runners.base import Runner
@@ -88,7 +88,7 @@ def build_index(
     """
     config = config or IndexConfig()
     start = time.perf_counter()
-    items = _expand_nonempty(sources)
+    items = expand_nonempty(sources)
     embedder = embedder or Embedder(config.model)
     writer = ArtifactWriter(Path(out))
     with resume_journal(writer.journal_path, embedder) as journal:
@@ -114,13 +114,6 @@ def resume_journal(path: Path, embedder: Embedder) -> Iterator[Journal]:
         journal.close()  # kept: the next run over these sources resumes from it
         raise
     journal.delete()
-
-
-def _expand_nonempty(sources: Sequence[str]) -> list[Item]:
-    items = expand_sources(sources)
-    if not items:
-        raise SourceError(f"no images found in {', '.join(map(str, sources))}")
-    return items
 
 
 def embed_items(
@@ -179,7 +172,7 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
     """Add images to an existing index without rebuilding it: same PCA, same clusters, new ids."""
     path = Path(path)
     start = time.perf_counter()
-    items = _expand_nonempty(sources)
+    items = expand_nonempty(sources)
     with writer_lock(path):
         manifest = read_manifest(path)
         recover(path, manifest)

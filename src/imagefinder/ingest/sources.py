@@ -55,6 +55,14 @@ def expand_sources(sources: Sequence[str]) -> list[Item]:
     return items
 
 
+def expand_nonempty(sources: Sequence[str]) -> list[Item]:
+    """`expand_sources`, refusing sources that hold no image at all (nothing to index or train on)."""
+    items = expand_sources(sources)
+    if not items:
+        raise SourceError(f"no images found in {', '.join(map(str, sources))}")
+    return items
+
+
 def _expand_one(source: str) -> Iterator[Item]:
     if is_url(source):
         yield Item(source)

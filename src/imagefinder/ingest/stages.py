@@ -38,7 +38,7 @@ def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Download
     """Fetch (if a URL) and decode one item; every failure becomes a recorded reason."""
     record = Record(id=item_id, source=item.source, meta=dict(item.meta))
     try:
-        path = _fetch(item, downloader)
+        path = fetch_item(item, downloader)
         record.cached_path = str(path)
         draft = max([m.backbone.preprocess.size for m in embedder.members] + [THUMBNAIL_SIZE])
         decoded = open_image(path, draft_size=draft)
@@ -49,7 +49,8 @@ def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Download
         return Loaded(record)
 
 
-def _fetch(item: Item, downloader: Downloader | None) -> Path:
+def fetch_item(item: Item, downloader: Downloader | None) -> Path:
+    """The local file of an item: its own path, or its download (FetchFailed with the reason)."""
     if not item.is_url:
         return Path(item.source)
     if downloader is None:
