@@ -125,7 +125,7 @@ def main() -> int:
         if not v.get("withdrawn")
     ]
     report = {
-        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": "https://pypi.org/pypi/NAME/json (advisories of each project's latest release)",
         "lock_files": a.locks,
         "summary": {

@@ -62,10 +62,10 @@ def damage(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     img = img.crop((x0, y0, x0 + cw, y0 + ch))
     # rotation +-30 degrees, canvas expanded, corners filled with a random grey
     fill = int(rng.integers(0, 256))
-    img = img.rotate(float(rng.uniform(-30, 30)), resample=Image.BICUBIC, expand=True, fillcolor=(fill,) * 3)
+    img = img.rotate(float(rng.uniform(-30, 30)), resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(fill,) * 3)
     # scale 0.6-1.4
     s = rng.uniform(0.6, 1.4)
-    img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))), Image.BILINEAR)
+    img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))), Image.Resampling.BILINEAR)
     # occlusion: a random-colour box over 8-20% of the image
     ow = max(4, round(img.width * math.sqrt(rng.uniform(0.08, 0.2))))
     oh = max(4, round(img.height * math.sqrt(rng.uniform(0.08, 0.2))))
@@ -139,7 +139,7 @@ def make_duplicate_set(src: Path | str, out: Path | str, *, originals: int = 100
         (out / "images" / f"{stem}-exact.jpg").write_bytes(raw)
         img = Image.open(io.BytesIO(raw)).convert("RGB")
         img.save(out / "images" / f"{stem}-q30.jpg", "JPEG", quality=30)
-        img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.BILINEAR).save(
+        img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.Resampling.BILINEAR).save(
             out / "images" / f"{stem}-half.jpg", "JPEG", quality=90)
         cw, ch = round(img.width * 0.8), round(img.height * 0.8)
         x0, y0 = int(rng.integers(0, img.width - cw + 1)), int(rng.integers(0, img.height - ch + 1))

@@ -95,8 +95,9 @@ def thresholds_for(model: str, near: float | None = None, similar: float | None 
         log.warning("no calibrated duplicate thresholds for %s: using those of efficientnet-lite0 "
                     "(pass --threshold to override)", model)
         base = (DEFAULT_NEAR, DEFAULT_SIMILAR)
-    near = base[0] if near is None else near
-    similar = base[1] if similar is None else similar
+    fallback = base or (DEFAULT_NEAR, DEFAULT_SIMILAR)
+    near = fallback[0] if near is None else near
+    similar = fallback[1] if similar is None else similar
     similar = min(similar, near)
     return near, similar
 
@@ -204,7 +205,7 @@ class PixelCheck:
         import cv2
 
         self.cv2, self.store = cv2, store
-        self.orb = cv2.ORB_create(1000)
+        self.orb = cv2.ORB.create(1000)
         self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
         self._features: dict[int, tuple] = {}
         self._scores: dict[tuple[int, int], float] = {}
@@ -216,7 +217,7 @@ class PixelCheck:
                 self._features[i] = (None, None, None)
             else:
                 kps, desc = self.orb.detectAndCompute(gray, None)
-                pts = np.float32([k.pt for k in kps]) if kps else np.zeros((0, 2), np.float32)
+                pts = np.array([k.pt for k in kps], np.float32) if kps else np.zeros((0, 2), np.float32)
                 self._features[i] = (gray, pts, desc)
         return self._features[i]
 
@@ -305,8 +306,8 @@ def find_duplicates(store: Store, near: float | None = None, similar: float | No
                 if tier == "near" and verify:
                     # Copies of copies are copies: verified links chain (single linkage); the
                     # pixel check is precise enough that chaining does not merge other pictures.
-                    w = check(x, y)
-                    w = clusters.link(x, y, -2.0) if w >= threshold else None
+                    assert check is not None
+                    w = clusters.link(x, y, -2.0) if check(x, y) >= threshold else None
                 elif score >= threshold:
                     w = clusters.link(x, y, threshold)
                 else:
@@ -325,11 +326,11 @@ def find_duplicates(store: Store, near: float | None = None, similar: float | No
         if tier not in tiers:
             continue
         # A group that a stricter tier already reports with the same members says nothing new.
-        groups = [Group(tier, g, [source.get(i, "") for i in g], score)
-                  for g, score in tier_groups.get(tier, []) if tuple(g) not in seen]
-        seen.update(tuple(grp.ids) for grp in groups)
-        groups.sort(key=lambda grp: (-len(grp.ids), grp.ids[0]))
-        result[tier] = groups
+        reported = [Group(tier, g, [source.get(i, "") for i in g], score)
+                    for g, score in tier_groups.get(tier, []) if tuple(g) not in seen]
+        seen.update(tuple(grp.ids) for grp in reported)
+        reported.sort(key=lambda grp: (-len(grp.ids), grp.ids[0]))
+        result[tier] = reported
     return result
 
 

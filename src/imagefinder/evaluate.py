@@ -25,6 +25,7 @@ import csv
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def read_groundtruth(data_dir: Path) -> GroundTruth:
     return GroundTruth([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows] if has_role else None)
 
 
-def rank_metrics(ranked_groups: list[np.ndarray], query_groups: list[str], query_in_ranking: list[np.ndarray]) -> dict:
+def rank_metrics(ranked_groups: Sequence[Sequence[str | None]], query_groups: Sequence[str | None],
+                 query_in_ranking: Sequence[Sequence[str | None]]) -> dict:
     """Metrics from rankings. `ranked_groups[i]`: group of each ranked image (query removed);
     `query_in_ranking[i]`: groups of the top 4 with the query included (for N-S)."""
     aps, r1, r5, r10, ns = [], [], [], [], []
@@ -245,13 +247,15 @@ def measure_latency(finder: ImageFinder, files: list[str], options: SearchOption
     """Median wall and CPU milliseconds of single `ImageFinder.search` calls from image files."""
     if not files:
         return {"latency_ms_p50": 0.0, "latency_cpu_ms_p50": 0.0}
-    kwargs = {"qe": options.qe, "qe_alpha": options.qe_alpha, "rerank": options.rerank,
-              "rerank_budget": options.rerank_budget}
-    finder.search(files[0], k=k, metric=options.metric, **kwargs)  # warm-up: model load, first-call costs
+    def search(f: str) -> None:
+        finder.search(f, k=k, metric=options.metric, qe=options.qe, qe_alpha=options.qe_alpha,
+                      rerank=options.rerank, rerank_budget=options.rerank_budget)
+
+    search(files[0])  # warm-up: model load, first-call costs
     wall, cpu = [], []
     for f in files:
         w0, c0 = time.perf_counter(), time.process_time()
-        finder.search(f, k=k, metric=options.metric, **kwargs)
+        search(f)
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     return {"latency_ms_p50": round(1000 * statistics.median(wall), 2),

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_SCALES = (1.0, round(1 / math.sqrt(2), 3), 0.5)
+DEFAULT_SCALES: tuple[float, ...] = (1.0, round(1 / math.sqrt(2), 3), 0.5)
 GEM_EPS = 1e-6
 
 
@@ -114,7 +114,8 @@ def parse_member(text: str) -> MemberSpec:
     name = name.strip()
     if not name:
         raise SpecError("empty model name")
-    method, p, scales, power, given = "avg", 3.0, (1.0,), None, False
+    method, p, power, given = "avg", 3.0, None, False
+    scales: tuple[float, ...] = (1.0,)
     for opt in filter(None, (o.strip().lower() for o in opts.split(","))):
         try:
             if opt in ("avg", "mean", "gap"):

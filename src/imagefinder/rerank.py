@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -69,7 +70,7 @@ class LocalFeatures:
                 return None
             desc = z["descriptors"]
             return cls(z["keypoints"], desc if desc.dtype == np.uint8 else desc.astype(np.float32),
-                       tuple(int(v) for v in z["size"]))
+                       (int(z["size"][0]), int(z["size"][1])))
 
 
 def default_backend() -> str:
@@ -110,7 +111,7 @@ class LocalExtractor:
         else:
             import cv2
 
-            self._net = cv2.ORB_create(nfeatures=top_k)
+            self._net = cv2.ORB.create(nfeatures=top_k)
 
     @property
     def signature(self) -> dict:
@@ -121,7 +122,7 @@ class LocalExtractor:
         img = image.convert("RGB")
         scale = self.max_side / max(img.size)
         if scale < 1:
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
         arr = np.asarray(img)
         with self._lock:
             if self.backend == "xfeat":
@@ -174,13 +175,14 @@ def mutual_matches_many(a: LocalFeatures, others: list[LocalFeatures], min_sim: 
     out: list = [None] * len(others)
     start = 0
     while start < len(others):
-        group, rows = [], 0
+        group: list[int] = []
+        rows = 0
         while start + len(group) < len(others) and (not group or rows + len(others[start + len(group)].descriptors)
                                                      <= chunk_rows):
             rows += len(others[start + len(group)].descriptors)
             group.append(start + len(group))
-        stacked = np.concatenate([others[i].descriptors for i in group]) if rows else np.zeros((0, 1), np.float32)
-        sim_all = stacked @ a.descriptors.T if rows else None  # (rows, Ka): C-contiguous per candidate
+        stacked = np.concatenate([others[i].descriptors for i in group]) if rows else np.zeros((0, a.descriptors.shape[1]), np.float32)
+        sim_all = stacked @ a.descriptors.T  # (rows, Ka): C-contiguous per candidate
         offset = 0
         for i in group:
             n = len(others[i].descriptors)
@@ -297,7 +299,7 @@ class SpatialReranker:
             raise ValueError("the lighterglue matcher needs the xfeat backend")
         self.cache = LocalCache(Path(index_dir), self.extractor)
         self.geometry, self.matcher = geometry, matcher
-        self._glue = None
+        self._glue: Any = None  # LighterGlue, loaded on first use
         self.last = RerankStats()
 
     def inliers(self, a: LocalFeatures, b: LocalFeatures) -> int:
@@ -345,12 +347,13 @@ class SpatialReranker:
             pos = batch[-1] + 1
             feats = {j: self.cache.get(head[j].id, records.get(head[j].id, {}), store.thumbnail_path(head[j].id))
                      for j in batch}
-            ready = [j for j in batch if feats[j] is not None]
+            found = {j: f for j, f in feats.items() if f is not None}
+            ready = list(found)
             if self.matcher == "lighterglue":
-                counts = [self.inliers(query, feats[j]) for j in ready]
+                counts = [self.inliers(query, found[j]) for j in ready]
             else:
-                matches = mutual_matches_many(query, [feats[j] for j in ready])
-                counts = [count_inliers(query.keypoints[ia], feats[j].keypoints[ib], self.geometry)
+                matches = mutual_matches_many(query, [found[j] for j in ready])
+                counts = [count_inliers(query.keypoints[ia], found[j].keypoints[ib], self.geometry)
                           for j, (ia, ib) in zip(ready, matches)]
             for j, n in zip(ready, counts):
                 stats.verified += 1

@@ -19,7 +19,7 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "crop": lambda im: im.crop(_box(im, 0.1, 0.1, 0.8)),
     "mirror": ImageOps.mirror,
     "colour": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.3)).enhance(0.7),
-    "rotated": lambda im: im.rotate(12, resample=Image.BILINEAR, expand=False, fillcolor=(0, 0, 0)),
+    "rotated": lambda im: im.rotate(12, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(0, 0, 0)),
 }
 QUERY_PHOTO = "coffee"
 
