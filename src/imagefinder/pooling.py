@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ImageFinderError
+
 DEFAULT_SCALES: tuple[float, ...] = (1.0, round(1 / math.sqrt(2), 3), 0.5)
 GEM_EPS = 1e-6
 
 
-class SpecError(ValueError):
+class SpecError(ImageFinderError, ValueError):
     """A model spec string that cannot be parsed; the message says which part and why."""
 
 

@@ -70,18 +70,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
+        if not isinstance(exc, ImageFinderError):
+            raise  # anything else is a bug: its traceback is what a report needs
         print(f"imagefinder: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     return code
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """ImageFinderError, and IndexError_ until index.py (restructured in issue 11) derives it from ImageFinderError."""
-    from ..index import IndexError_
-
-    return ImageFinderError, IndexError_
 
 
 def _command_in(argv: list[str]) -> str | None:

@@ -21,6 +21,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from ..index import Manifest
     from ..pipeline import BuildReport
 
 
@@ -74,7 +75,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model      {info['model']}  ({info['embedding_dim']}-d)")
     print(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
     print(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
-    _print_search(finder.manifest.to_dict())
+    _print_search(finder.manifest)
     for reason, n in info["failure_reasons"].items():
         print(f"  {n:>6} x {reason}")
     for f in info["failures"]:
@@ -83,15 +84,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_search(manifest: dict[str, Any]) -> None:
+def _print_search(manifest: Manifest) -> None:
     """Where the vectors are searched and how it was tuned (nothing for a plain exact FAISS index)."""
-    tuning, store = manifest.get("tuning"), manifest.get("store")
+    tuning, store = manifest.tuning, manifest.store
     if not (tuning or store):
         return
     where = store["uri"] if store else "faiss"
     tuned = (f"{tuning['param']}={tuning['value']} tuned for recall@10 {tuning['target_recall']} "
              f"(measured {tuning['recall_at_10']:.3f})" if tuning else "exact")
-    print(f"search     {where}: {tuned}, re-rank {manifest.get('rerank') or 'off'}")
+    print(f"search     {where}: {tuned}, re-rank {manifest.rerank or 'off'}")
 
 
 EVALUATE = ("Index DATA_DIR/images and query with every image whose group (from DATA_DIR/groundtruth.csv: "
