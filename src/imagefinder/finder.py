@@ -21,7 +21,7 @@ from PIL import Image
 from .download import fetch
 from .embed import Embedder
 from .images import ImageError, open_image
-from .index import Store, is_exact, read_manifest
+from .index import IndexError_, Store, is_exact, read_manifest
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
 from .search import Hit, SearchSpace, search
 from .sources import is_url
@@ -113,6 +113,8 @@ class ImageFinder:
 
     def space(self, store: Store | None = None) -> SearchSpace:
         store = store or self.store
+        if store.index is None:  # search_vectors answers [] before asking; anything else cannot rank
+            raise IndexError_(f"{store.path}: the index holds no searchable images")
         m = store.manifest
         weights = [float(x.get("weight", 1.0)) for x in m.get("members", [])] or None
         return SearchSpace(store.index, store.embeddings, [tuple(s) for s in m.get("member_slices", [])],
