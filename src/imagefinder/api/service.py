@@ -18,7 +18,8 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..finder import ImageFinder, Result
-from ..netsafe import FetchError, FetchTooLarge, safe_fetch
+from ..net.client import safe_fetch
+from ..net.errors import FetchError, FetchTooLarge
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
 from .uploads import CheckedImage, check_image

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ...download import sniff_image_type
+from ...ingest.decode import sniff_image_type
 from ..errors import ERRORS
 from ..params import ADD_FORM, ImageId, json_body, media_type, openapi_body
 from ..schemas import AddedImage, AddRequest, AddResponse, DeleteResponse, ImageInfo
