@@ -29,6 +29,7 @@ def _make_old(index: Path) -> None:
     path = index / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
     assert manifest["members"], "the members are what an old index records without pooling"
+    manifest["format_version"] = 1  # the format before pooling was recorded (index/manifest.py migrates it)
     for member in manifest["members"]:
         member.pop("pooling", None)
     path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

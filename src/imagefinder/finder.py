@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .embed import Embedder
-from .index import IndexError_, Store, is_exact, read_manifest
+from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .ingest.decode import ImageError, open_image
 from .ingest.download import fetch
 from .ingest.sources import is_url
@@ -65,7 +65,7 @@ class ImageFinder:
         self._reload_lock = threading.Lock()
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         return self.store.manifest
 
     def reload(self) -> None:
@@ -78,7 +78,7 @@ class ImageFinder:
         old.close_later()
 
     def reload_if_changed(self) -> bool:
-        if read_manifest(self.path).get("generation", 0) != self.store.generation:
+        if read_manifest(self.path).generation != self.store.generation:
             self.reload()
             return True
         return False
@@ -113,12 +113,12 @@ class ImageFinder:
 
     def space(self, store: Store | None = None) -> SearchSpace:
         store = store or self.store
-        if store.index is None:  # search_vectors answers [] before asking; anything else cannot rank
-            raise IndexError_(f"{store.path}: the index holds no searchable images")
         m = store.manifest
-        weights = [float(x.get("weight", 1.0)) for x in m.get("members", [])] or None
-        return SearchSpace(store.index, store.embeddings, [tuple(s) for s in m.get("member_slices", [])],
-                           is_exact(m["index_spec"]), weights)
+        if store.index is None:
+            raise IndexError_(f"{store.path}: no indexed images to search")
+        weights = [float(x.get("weight", 1.0)) for x in m.members] or None
+        slices = [(int(a), int(b)) for a, b in m.member_slices]
+        return SearchSpace(store.index, store.embeddings, slices, is_exact(m.index_spec), weights)
 
     def reranker(self, **options: Any) -> SpatialReranker:
         """The spatial re-ranker of this index (local features cached in INDEX/local/), made once."""
@@ -210,16 +210,16 @@ class ImageFinder:
         failed = self.store.failures(None)  # every failure, builds and adds alike, counted by reason
         return {
             "path": str(self.path),
-            "model": m["model"],
-            "index_spec": m["index_spec"],
-            "embedding_dim": m["embedding_dim"],
-            "clusters": m.get("clusters"),
-            "nprobe": m.get("nprobe"),
-            "counts": m["counts"],
+            "model": m.model,
+            "index_spec": m.index_spec,
+            "embedding_dim": m.embedding_dim,
+            "clusters": m.clusters,
+            "nprobe": m.nprobe,
+            "counts": asdict(m.counts),
             "failure_reasons": failure_reasons(r["error"] for r in failed),
             "failures": [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in failed[:failures]],
-            "created_at": m["created_at"],
-            "versions": m.get("versions", {}),
+            "created_at": m.created_at,
+            "versions": m.versions,
         }
 
     def close(self) -> None:

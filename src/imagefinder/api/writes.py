@@ -58,7 +58,7 @@ class UploadWriter:
                     write_bytes(path, image.data)
                     written.append(path)
                 paths.append(path)
-            before = int(self.finder.manifest["rows"])
+            before = self.finder.manifest.rows
             listing = self._write_listing(paths, [meta for _, meta in images])
             try:
                 report = self.finder.add([str(listing)])
@@ -67,7 +67,7 @@ class UploadWriter:
                 raise
             finally:
                 listing.unlink(missing_ok=True)
-            created = {row["source"]: row for row in self._new_rows(before, int(self.finder.manifest["rows"]))}
+            created = {row["source"]: row for row in self._new_rows(before, self.finder.manifest.rows)}
             if report.failed:
                 _unlink([path for path in written if str(path) not in created])
                 reasons = "; ".join(str(f.get("error")) for f in report.failures) or "unknown reason"

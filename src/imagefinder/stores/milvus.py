@@ -19,8 +19,11 @@ import os
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from . import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ INSERT_BATCH = 5_000
 MAX_TOPK = 16_384  # Milvus's limit on `limit`
 INDEX_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "HNSW": {"M": 32, "efConstruction": 200}}
 SEARCH_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nprobe": 32}, "HNSW": {"ef": 128}}
-_clients: dict[str, object] = {}  # one client per URI per process (Milvus Lite holds the file)
+_clients: dict[str, Any] = {}  # one client per URI per process (Milvus Lite holds the file)
 _loaded: set[tuple[str, str]] = set()  # collections this process has loaded for search
 _clients_lock = threading.Lock()
 
@@ -39,7 +42,7 @@ def split_uri(uri: str) -> tuple[str, str]:
     options = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
     index_type = options.get("index", "FLAT").upper()
     if index_type not in INDEX_PARAMS:
-        raise ValueError(f"{uri}: index={index_type} is not one of {', '.join(INDEX_PARAMS)}")
+        raise StoreError(f"{uri}: index={index_type} is not one of {', '.join(INDEX_PARAMS)}")
     return base, index_type
 
 
@@ -53,7 +56,7 @@ def client_uri(uri: str) -> str:
     return str(Path(uri).expanduser().absolute())
 
 
-def _client(uri: str):
+def _client(uri: str) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -70,9 +73,9 @@ def _client(uri: str):
 
 
 class MilvusVectors:
-    """One collection = the vectors of one index; searched like a FAISS index."""
+    """One collection = the vectors of one index; an `index.VectorIndex`, like the FAISS searchers."""
 
-    def __init__(self, info: dict, rows: int | None = None, ntotal: int | None = None) -> None:
+    def __init__(self, info: dict[str, Any], rows: int | None = None, ntotal: int | None = None) -> None:
         self.info = info
         self.uri = info["uri"]
         self.collection = info["collection"]
@@ -122,7 +125,7 @@ class MilvusVectors:
             self.client.drop_collection(self.collection)
         _loaded.discard((self.uri, self.collection))
 
-    # --- reading: the FAISS index contract that search.py uses ----------------------------
+    # --- reading: the VectorIndex protocol that search.py uses ----------------------------
 
     @property
     def ntotal(self) -> int:

@@ -16,12 +16,10 @@ router = APIRouter(tags=["service"])
 def stats(service: ServiceDep) -> Stats:
     service.refresh()
     settings, m = service.settings, service.finder.manifest
-    c = m["counts"]
-    return Stats(images=service.finder.store.ntotal, items=c["items"], failed=c["failed"],
-                 removed=c.get("removed", 0), model=m["model"], index_type=m["index_spec"],
-                 dims=m["embedding_dim"], clusters=m.get("clusters"), nprobe=m.get("nprobe"),
-                 generation=int(m.get("generation", 0)), created_at=m.get("created_at"),
-                 updated_at=m.get("updated_at"), metrics=list(METRICS),
+    return Stats(images=service.finder.store.ntotal, items=m.counts.items, failed=m.counts.failed,
+                 removed=m.counts.removed, model=m.model, index_type=m.index_spec, dims=m.embedding_dim,
+                 clusters=m.clusters, nprobe=m.nprobe, generation=m.generation, created_at=m.created_at,
+                 updated_at=m.updated_at, metrics=list(METRICS),
                  max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, max_k=MAX_K)
 
 
