@@ -149,14 +149,6 @@ class Manifest:
         """`replace`, recording the time of the update."""
         return self.replace(updated_at=utc_now(), **changes)
 
-    # Transitional dict-style reads, for the modules that still read the manifest as a dict
-    # (cli.py, api/service.py); they convert to attributes, then these go.
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
 
 def library_versions() -> dict[str, str]:
     names = ["imagefinder", "faiss-cpu", "onnxruntime", "numpy", "pillow", "ray", "pymilvus", "milvus-lite"]
