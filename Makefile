@@ -23,7 +23,7 @@ check: setup
 ## everything (what CI runs)
 test: setup
 	bash scripts/setup.sh --browser
-	$(PYTHON) -m ruff check src tests benchmarks scripts
+	$(MAKE) --no-print-directory check
 	$(PYTHON) -m pytest -q
 
 ## the edit-run loop: static checks + all but the slow end-to-end tests (notebook, crash trials, Ray, fine-tuning)
