@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 INSERT_BATCH = 5_000
 MAX_TOPK = 16_384  # Milvus's limit on `limit`
+CONSISTENCY = "Strong"  # also passed per request: collections made before it was set default to Bounded
 INDEX_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "HNSW": {"M": 32, "efConstruction": 200}}
 SEARCH_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nprobe": 32}, "HNSW": {"ef": 128}}
 _clients: dict[str, object] = {}  # one client per URI per process (Milvus Lite holds the file)
@@ -95,7 +96,9 @@ class MilvusVectors:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
         params = client.prepare_index_params()
         params.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=INDEX_PARAMS[index_type])
-        client.create_collection(name, schema=schema, index_params=params)
+        # Strong: a search sees every write acknowledged before it (a server's default, Bounded,
+        # hides writes of the last seconds; Milvus Lite is always up to date).
+        client.create_collection(name, schema=schema, index_params=params, consistency_level=CONSISTENCY)
         info = {"kind": "milvus", "uri": resolved, "given_uri": uri, "collection": name, "dim": int(dim),
                 "metric": "IP", "index_type": index_type, "search_params": SEARCH_PARAMS[index_type]}
         return cls(info)
@@ -128,7 +131,8 @@ class MilvusVectors:
     def ntotal(self) -> int:
         if self._ntotal is None:
             self._load()
-            stats = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+            stats = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                      consistency_level=CONSISTENCY)
             self._ntotal = int(stats[0]["count(*)"])
         return self._ntotal
 
@@ -153,7 +157,7 @@ class MilvusVectors:
         found = self.client.search(
             self.collection, data=queries.tolist(), limit=limit, output_fields=[],
             search_params={"metric_type": "IP", "params": self.info.get("search_params", {})},
-            filter=f"id < {int(self.rows)}" if self.rows is not None else "",
+            filter=f"id < {int(self.rows)}" if self.rows is not None else "", consistency_level=CONSISTENCY,
         )
         for row, hits in enumerate(found):
             for col, hit in enumerate(hits):
