@@ -16,6 +16,7 @@ Needs root or unprivileged user namespaces (unshare). SIGTERM/SIGINT stop Milvus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -63,10 +64,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def relay(listener: socket.socket) -> None:

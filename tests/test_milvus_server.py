@@ -24,12 +24,12 @@ pytest.importorskip("milvus", reason="needs `pip install milvus==2.3.5` (the sta
 psutil = pytest.importorskip("psutil")
 
 import faiss
+from test_milvus import _same_up_to_ties
 
 from imagefinder import ImageFinder, IndexConfig, build_index
 from imagefinder.index import Store, read_manifest, recover
 from imagefinder.pipeline import add_to_index, remove_from_index
 from imagefinder.stores import open_vector_store
-from test_milvus import _same_up_to_ties
 
 # ~40 s of server start-ups (two: the restart) plus the builds: end-to-end, `make test` runs it
 pytestmark = pytest.mark.slow
