@@ -24,11 +24,10 @@ pytest.importorskip("milvus", reason="needs `pip install milvus==2.3.5` (the sta
 psutil = pytest.importorskip("psutil")
 
 import faiss
-from test_milvus import _same_up_to_ties
+from test_milvus import assert_add_and_remove, assert_ranks_like_faiss_flat
 
 from imagefinder import ImageFinder, IndexConfig, build_index
 from imagefinder.index import Store, read_manifest, recover
-from imagefinder.pipeline import add_to_index, remove_from_index
 from imagefinder.stores import open_vector_store
 
 # ~40 s of server start-ups (two: the restart) plus the builds: end-to-end, `make test` runs it
@@ -128,20 +127,7 @@ def test_manifest_names_the_server_collection(server_index: Path, milvus_server:
 
 
 def test_server_and_faiss_flat_give_the_same_ranking(server_index: Path, small_index) -> None:
-    faiss_finder, milvus_finder = ImageFinder(small_index.path), ImageFinder(server_index)
-    try:
-        assert type(milvus_finder.store.index).__name__ == "MilvusVectors"
-        assert milvus_finder.store.ntotal == 40
-        for i in range(40):
-            a, b = faiss_finder.search_id(i, k=10), milvus_finder.search_id(i, k=10)
-            assert _same_up_to_ties(a, b), (i, [r.id for r in a], [r.id for r in b])
-            assert np.allclose([r.score for r in a], [r.score for r in b], atol=1e-4)
-        for metric in ("euclidean", "vote"):
-            assert [r.id for r in faiss_finder.search_id(3, k=5, metric=metric)] == \
-                   [r.id for r in milvus_finder.search_id(3, k=5, metric=metric)]
-    finally:
-        faiss_finder.close()
-        milvus_finder.close()
+    assert_ranks_like_faiss_flat(server_index, small_index)
 
 
 def _unit_features(index: Path, rows: int) -> np.ndarray:
@@ -188,25 +174,7 @@ def test_uncommitted_inserts_are_filtered_out_and_recover_deletes_them(server_in
 
 def test_add_and_remove_update_the_server_collection(server_index: Path, ukbench_dir: Path, embedder,
                                                      tmp_path: Path) -> None:
-    new = tmp_path / "new"
-    new.mkdir()
-    for n in (40, 41):
-        (new / f"ukbench{n:05d}.jpg").write_bytes((ukbench_dir / "images" / f"ukbench{n:05d}.jpg").read_bytes())
-    assert add_to_index(server_index, [str(new)], embedder=embedder).indexed == 2
-    f = ImageFinder(server_index)
-    try:
-        hit = f.search(new / "ukbench00041.jpg", k=1)[0]
-        assert hit.id in (40, 41) and Path(hit.source).name == "ukbench00041.jpg"
-        assert f.store.ntotal == 42
-    finally:
-        f.close()
-    assert remove_from_index(server_index, [hit.id, 5]) == 2
-    f = ImageFinder(server_index)
-    try:
-        ids = [r.id for r in f.search(new / "ukbench00041.jpg", k=42)]
-        assert hit.id not in ids and 5 not in ids and len(ids) == 40
-    finally:
-        f.close()
+    assert_add_and_remove(server_index, ukbench_dir, embedder, tmp_path)
 
 
 def test_a_restarted_server_keeps_the_data(server_index: Path, milvus_server: MilvusServer) -> None:
