@@ -60,11 +60,15 @@ def main() -> int:
     x, q = scale.unit(db), scale.unit(queries)
     exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
     result: dict = {"n": args.n, "dim": x.shape[1], "cpus": os.cpu_count(), "indexes": {}}
+    if args.out.is_file():  # runs of other index types, same n: kept
+        previous = json.loads(args.out.read_text())
+        if previous.get("n") == args.n:
+            result["indexes"] = previous["indexes"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.indexes:
         result["indexes"][name] = run_one(name, x, q, exact)
         print(name, result["indexes"][name], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+        args.out.write_text(json.dumps(result, indent=1))  # after each: a long build may be cut short
     return 0
 
 
