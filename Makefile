@@ -53,8 +53,8 @@ container-test: setup
 lint: setup
 	$(PYTHON) -m ruff check src tests benchmarks scripts
 
-## requirements/lock.txt + lock-nodeps.txt (hash-pinned, what setup installs) from requirements/*.txt;
-## run after editing those, review the diff, commit both. Needs PyPI; uv runs from .cache/tools-venv.
+## requirements/lock.txt, lock-test.txt, lock-nodeps.txt (hash-pinned, what setup installs) from pyproject.toml;
+## run after editing the dependency lists, review the diff, commit all three. Needs PyPI; uv runs from .cache/tools-venv.
 lock:
 	bash scripts/lock.sh
 

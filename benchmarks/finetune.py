@@ -28,7 +28,7 @@ import torch
 
 from imagefinder.evaluate import evaluate
 from imagefinder.index import IndexConfig
-from imagefinder.models.finetune import TrainConfig, train
+from imagefinder.train import TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ukbench1000"
 BASE = "efficientnet-lite0"

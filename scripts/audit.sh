@@ -14,7 +14,7 @@ TOOLS=${TOOLS_VENV:-.cache/tools-venv}
 "$TOOLS/bin/python" -m pip --disable-pip-version-check -q install "pip-audit==2.10.1"
 out=benchmarks/results
 mkdir -p "$out"
-locks=(requirements/lock.txt requirements/lock-nodeps.txt)
+locks=(requirements/lock-test.txt requirements/lock-nodeps.txt)
 # --disable-pip: the locks are the complete, hashed set, so nothing is resolved or installed.
 audit() { "$TOOLS/bin/pip-audit" "${locks[@]/#/-r}" --require-hashes --disable-pip --progress-spinner off -f json "$@"; }
 summary() {  # how many pip-audit really looked up, and what it found

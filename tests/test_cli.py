@@ -259,3 +259,81 @@ def test_demo_builds_the_sample_and_prints_results(tmp_path: Path, cli) -> None:
     assert lines[-1].startswith("next: imagefinder search")
     assert len(list((tmp_path / "tmp" / "images").glob("*.jpg"))) == 45
     assert (tmp_path / "tmp" / "index" / "manifest.json").is_file()
+
+
+# --- the package entry: light imports, error mapping, renamed options ---------------------------------
+
+HEAVY = ("numpy", "faiss", "onnx", "onnxruntime", "torch", "httpx")
+
+
+def test_import_and_top_level_help_load_no_heavy_module() -> None:
+    """`import imagefinder` and parsing `--help` in a fresh interpreter: none of the model/search stack."""
+    code = f"""
+import contextlib, io, sys
+import imagefinder
+after_import = [m for m in {HEAVY!r} if m in sys.modules]
+from imagefinder.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main(["--help"])
+    except SystemExit as exc:
+        code = exc.code
+import imagefinder.train
+from imagefinder.train import TrainConfig, METHODS
+after_help = [m for m in {HEAVY!r} if m in sys.modules]
+print(after_import, after_help, code, "usage: imagefinder" in out.getvalue())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[] [] 0 True", proc.stdout
+
+
+def test_lazy_package_names_still_import() -> None:
+    from imagefinder import BuildReport, ImageFinder, ImageFinderError, IndexConfig, Result, build_index
+
+    assert ImageFinder.__name__ == "ImageFinder" and Result.__name__ == "Result"
+    assert IndexConfig().model and BuildReport.__name__ == "BuildReport" and callable(build_index)
+    assert issubclass(ImageFinderError, Exception) and "build_index" in dir(imagefinder)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        imagefinder.nope  # noqa: B018 - the lookup is the test
+
+
+def test_old_index_rerank_spelling_names_the_new_flag(photos: Path, tmp_path: Path, cli) -> None:
+    proc = cli("index", photos, "--out", tmp_path / "index", "--rerank", "50")
+    assert proc.returncode == 2 and "--refine" in proc.stderr and "usage: imagefinder index" in proc.stderr
+    assert not (tmp_path / "index").exists()
+    assert "--refine N" in cli("index", "--help").stdout
+
+
+def test_refine_reaches_the_manifest(photos: Path, tmp_path: Path, cli) -> None:
+    proc = cli("index", photos, "--out", tmp_path / "index", "--refine", "6", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["rerank"] == 6
+
+
+def test_only_imagefinder_errors_are_bad_input(capsys: pytest.CaptureFixture) -> None:
+    """An ImageFinderError is the user's to fix (exit 2, its message); a KeyError is a bug and propagates."""
+    import argparse
+
+    from imagefinder.cli.main import run
+    from imagefinder.errors import ImageFinderError
+
+    def bad_input(args: argparse.Namespace) -> int:
+        raise ImageFinderError("that file is not there")
+
+    def bug(args: argparse.Namespace) -> int:
+        return {}["missing"]
+
+    assert run(argparse.Namespace(func=bad_input)) == 2
+    assert capsys.readouterr().err == "imagefinder: error: that file is not there\n"
+    with pytest.raises(KeyError, match="missing"):
+        run(argparse.Namespace(func=bug))
+
+
+def test_console_script_help_exits_0() -> None:
+    script = Path(sys.executable).parent / "imagefinder"
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script}")
+    proc = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: imagefinder")

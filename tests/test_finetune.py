@@ -1,4 +1,4 @@
-"""Fine-tuning (models/finetune.py, `imagefinder train`): tiny runs on 16 UKBench images.
+"""Fine-tuning (imagefinder.train, `imagefinder train`): tiny runs on 16 UKBench images.
 
 Training runs at 96 px to be quick (the export is always at the model's 224); runs are shared
 through module fixtures so the whole file takes well under two minutes on 2 cores.
@@ -19,12 +19,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from imagefinder import ImageFinder, build_index
+from imagefinder import train as ft
 from imagefinder.images import Preprocess
 from imagefinder.index import IndexConfig
 from imagefinder.models import ModelUnavailable, OnnxModel, get_backbone, parse_model_spec
-from imagefinder.models import finetune as ft
-from imagefinder.models.augment import PLAIN, Augment, views
+from imagefinder.models.registry import model_provenance, read_model_json
 from imagefinder.pooling import Pooling
+from imagefinder.train.augment import PLAIN, Augment, views
+from imagefinder.train.data import cache_size
+from imagefinder.train.loop import FineTuner, seed_everything
+from imagefinder.train.modules import build_modules, trained_pooling
 
 # end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them
 pytestmark = pytest.mark.slow
@@ -65,9 +69,9 @@ def test_each_method_trains_two_epochs_with_finite_losses(runs: dict, method: st
 @pytest.mark.parametrize("method", ft.METHODS)
 def test_loss_decreases_on_the_train_set_over_a_few_steps(images: Path, method: str) -> None:
     config = ft.resolve(replace(TINY, method=method, lr=1e-3))
-    ft.seed_everything(0)
-    tuner = ft.FineTuner(config, "cpu")
-    data = ft.load_images([str(images)], ft.cache_size(config.image_size))
+    seed_everything(0)
+    tuner = FineTuner(config, "cpu")
+    data = ft.load_images([str(images)], cache_size(config.image_size))
     batch = torch.from_numpy(data.pixels[:8])
     losses = [tuner.train_step(batch, torch.Generator().manual_seed(1)) for _ in range(6)]  # same views each step
     assert all(math.isfinite(x) for x in losses)
@@ -76,7 +80,7 @@ def test_loss_decreases_on_the_train_set_over_a_few_steps(images: Path, method: 
 
 def test_model_json_records_base_method_data_and_hyperparameters(runs: dict, images: Path) -> None:
     r = runs["contrastive"]
-    meta = ft.read_model_json(r.model_dir)
+    meta = read_model_json(r.model_dir)
     digests = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(images.iterdir()))
     assert meta["base_model"] == "efficientnet-lite0" and meta["method"] == "contrastive"
     assert meta["data"]["sha256"] == hashlib.sha256("\n".join(digests).encode()).hexdigest() == r.data_hash
@@ -85,14 +89,14 @@ def test_model_json_records_base_method_data_and_hyperparameters(runs: dict, ima
     assert (hp["epochs"], hp["batch_size"], hp["lr"], hp["image_size"], hp["seed"]) == (2, 8, 1e-4, 96, 3)
     assert hp["freeze_until"] == 11 and hp["head_lr"] == pytest.approx(1e-3) and hp["device"] == "cpu"
     assert meta["dim"] == 1280 and Preprocess.from_dict(meta["preprocess"]) == Preprocess(size=224)
-    assert meta["output"] == "map" and meta["default_pooling"] == ft.trained_pooling("efficientnet-lite0")
+    assert meta["output"] == "map" and meta["default_pooling"] == trained_pooling("efficientnet-lite0")
     assert meta["epochs_run"] == 2 and meta["best_epoch"] in (1, 2) and math.isfinite(meta["best_val_loss"])
     assert meta["onnx_sha256"] == hashlib.sha256((r.model_dir / "model.onnx").read_bytes()).hexdigest()
 
 
 def test_exported_onnx_matches_the_trained_torch_encoder(runs: dict) -> None:
     r = runs["autoencoder"]
-    encoder, _ = ft.build_modules(r.config)
+    encoder, _ = build_modules(r.config)
     best = torch.load(r.out / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == r.best_epoch
     encoder.net.load_state_dict(best["encoder"])
@@ -100,7 +104,7 @@ def test_exported_onnx_matches_the_trained_torch_encoder(runs: dict) -> None:
     with torch.no_grad():
         expected = encoder.eval()(x).numpy()
     tuned = get_backbone(str(r.model_dir))
-    assert tuned.output == "map" and tuned.default_pooling == Pooling.from_dict(ft.trained_pooling("efficientnet-lite0"))
+    assert tuned.output == "map" and tuned.default_pooling == Pooling.from_dict(trained_pooling("efficientnet-lite0"))
     got = OnnxModel(tuned, threads=2)(x.numpy(), tuned.default_pooling)  # pooled as at search time
     assert got.shape == (3, 1280)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
@@ -136,7 +140,7 @@ def test_early_stopping_exports_the_best_epoch(images: Path, tmp_path: Path) -> 
     # An impossible min_delta: no epoch after the first counts as better.
     r = ft.train([str(images)], tmp_path, replace(TINY, method="autoencoder", epochs=5, patience=1, min_delta=10.0))
     assert r.epochs_run == 2 and r.stopped_early and r.best_epoch == 1
-    assert ft.read_model_json(r.model_dir)["stopped_early"] is True
+    assert read_model_json(r.model_dir)["stopped_early"] is True
     resumed = ft.train([str(images)], tmp_path, replace(TINY, method="autoencoder", epochs=5, patience=1,
                                                          min_delta=10.0), resume=True)
     assert resumed.epochs_run == 2, "a stopped run stays stopped on resume"
@@ -162,10 +166,10 @@ def test_tuned_model_directory_works_as_a_model_name(runs: dict, images: Path, t
 
 def test_model_provenance_is_ready_for_the_manifest(runs: dict) -> None:
     model_dir = str(runs["autoencoder"].model_dir)
-    info = ft.model_provenance(f"efficientnet-lite0+{model_dir}")
+    info = model_provenance(f"efficientnet-lite0+{model_dir}")
     assert list(info) == [model_dir] and info[model_dir]["method"] == "autoencoder"
     assert "history" not in info[model_dir] and info[model_dir]["data"]["images"] == N_IMAGES
-    assert ft.model_provenance("efficientnet-lite0") == {}
+    assert model_provenance("efficientnet-lite0") == {}
 
 
 def test_missing_or_broken_model_directory_is_explained(tmp_path: Path) -> None:
@@ -194,15 +198,15 @@ def test_views_are_deterministic_and_normalised(images: Path) -> None:
 
 
 def test_cli_trains_exports_and_reports(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from imagefinder import train_cli
+    from imagefinder.cli import main
 
-    rc = train_cli.main(["train", str(images), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "8",
+    rc = main(["train", str(images), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "8",
                          "--image-size", "96", "--method", "autoencoder", "--no-index", "--json", "-q"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs_run"] == 1 and summary["method"] == "autoencoder" and summary["index"] is None
     assert (tmp_path / "model" / "model.onnx").is_file() and Path(summary["loss_png"]).is_file()
-    rc = train_cli.main(["train", str(images), "--out", str(tmp_path / "x"), "--freeze-until", "99", "-q"])
+    rc = main(["train", str(images), "--out", str(tmp_path / "x"), "--freeze-until", "99", "-q"])
     assert rc == 2
     assert "--freeze-until must be between 0" in capsys.readouterr().err
 

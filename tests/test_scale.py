@@ -315,5 +315,5 @@ def test_cli_rebuild_check_and_info_report_drift(tmp_path: Path, cli) -> None:
 
 def test_index_cli_lists_the_scale_options(cli) -> None:
     out = cli("index", "--help").stdout
-    for option in ("--target-recall", "--rerank", "--store", "--ray", "--ray-address"):
+    for option in ("--target-recall", "--refine", "--store", "--ray", "--ray-address"):
         assert option in out

@@ -1,4 +1,6 @@
-"""Backbones: registry, ONNX export, and (in `finetune`) training."""
+"""Backbones: the registry (names -> weights, preprocessing, ONNX model) and their ONNX export.
+
+Fine-tuning a backbone lives in `imagefinder.train`."""
 
 from .registry import (
     BACKBONES,

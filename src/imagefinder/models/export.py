@@ -48,38 +48,6 @@ def export_torch_map(model: torch.nn.Module, size: int, out: Path) -> None:
     log.info("exported %s", out)
 
 
-def export_torch_pooled(model: torch.nn.Module, size: int, out: Path) -> None:
-    """Export `model` (N,3,H,W -> N,C,h,w feature map) followed by global average pooling.
-
-    Used for fine-tuned models (one fixed descriptor); the shipped backbones use `export_torch_map`.
-    """
-    import torch
-
-    class Pooled(torch.nn.Module):
-        def __init__(self, body: torch.nn.Module) -> None:
-            super().__init__()
-            self.body = body
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            # Mean over space; GeM and other poolings live in the numpy post-processing.
-            return self.body(x).mean(dim=(2, 3))
-
-    wrapped = Pooled(model).eval()
-    dummy = torch.zeros(1, 3, size, size)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapped,
-            (dummy,),
-            str(out),
-            input_names=["input"],
-            output_names=["features"],
-            dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    log.info("exported %s", out)
-
-
 def efficientnet_lite(name: str, weights: Path) -> torch.nn.Module:
     """EfficientNet-Lite from `efficientnet-lite-pytorch` with a local weights file."""
     import torch

@@ -6,6 +6,7 @@ hash of the weights it came from, so a changed weights file can never reuse a st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ImageFinderError
 from ..images import Preprocess
 from ..pooling import Pooling, SpecError, parse_spec, pool_map, pool_tokens
 from . import export
@@ -30,7 +32,7 @@ DEFAULT_MODEL = "efficientnet-lite0"
 IMAGENET = Preprocess(size=224, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(ImageFinderError, RuntimeError):
     """The named backbone cannot be loaded here; the message says what to install or where."""
 
 
@@ -229,11 +231,11 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {
     "efficientnet-lite2": lambda: _efficientnet_lite(2, 260),
     "dinov2-s": _dinov2_small,
     "resnet50-thin": _resnet50_thin,
-    **{name: (lambda n=name: _torchvision(n)) for name in TORCHVISION},
+    **{name: functools.partial(_torchvision, name) for name in TORCHVISION},
 }
 
 
-# --- a tuned model directory written by `imagefinder train` (models/finetune.py) -------
+# --- a tuned model directory written by `imagefinder train` (train/export.py) -----------
 
 TUNED_MODEL_FILE = "model.json"
 
@@ -274,6 +276,25 @@ def _tuned(directory: Path) -> Backbone:
                     output=meta.get("output", "pooled"), licence=str(meta.get("licence", "")),
                     map_layout=meta.get("map_layout", "NCHW"), fixed_size=bool(meta.get("fixed_size", True)),
                     default_pooling=Pooling.from_dict(meta.get("default_pooling") or {}))
+
+
+def read_model_json(model_dir: Path | str) -> dict:
+    meta: dict = json.loads((Path(model_dir) / TUNED_MODEL_FILE).read_text(encoding="utf-8"))
+    return meta
+
+
+def model_provenance(model_spec: str) -> dict[str, dict]:
+    """{member: its model.json less the per-epoch history} for the tuned-directory members of a spec.
+
+    For the index manifest: which base model, method, data hash and hyper-parameters made the
+    features an index holds. Built-in backbone names are left out (the manifest has their hash).
+    """
+    out = {}
+    for name in parse_model_spec(model_spec):
+        if name not in BACKBONES and is_model_dir(name):
+            meta = read_model_json(Path(name).expanduser())
+            out[name] = {k: v for k, v in meta.items() if k != "history"}
+    return out
 
 
 def get_backbone(name: str) -> Backbone:

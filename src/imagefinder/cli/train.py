@@ -1,17 +1,20 @@
 """`imagefinder train`: fine-tune a backbone on your images, export it, rebuild the index with it.
 
-Kept apart from cli.py so that the CLI does not import torch until this command runs;
-cli.py calls `register(sub)` to add the subcommand.
+torch is imported only when the command runs (imagefinder.train.loop): the parser needs only
+the choices in imagefinder.train.config.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EXIT_OK, EXIT_INPUT = 0, 2
+from .options import EXIT_OK, Command, common, progress
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
 
 DESCRIPTION = """\
 Fine-tune a pretrained EfficientNet-Lite on the images of SOURCE (self-supervised: no labels),
@@ -30,12 +33,9 @@ DIR/loss.png and DIR/history.json; the epoch with the lowest validation loss is 
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `train` subcommand to the `imagefinder` parser."""
-    from .models.finetune import BASES, DEVICES, METHODS
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from ..train.config import BASES, DEVICES, METHODS
 
-    p = sub.add_parser("train", help="fine-tune the backbone on your images, then rebuild the index with it",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="folder, CSV, .txt list, image file or URL (as for `imagefinder index`)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -63,13 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pca", type=int, metavar="D", help="as for `imagefinder index`: PCA to D dims for the index")
     p.add_argument("--clusters", type=int, metavar="K", help="as for `imagefinder index`: K-Means clusters")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=cmd_train)
+    common(p)
 
 
-def config_from_args(args: argparse.Namespace):
-    from .models.finetune import TrainConfig
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from ..train import TrainConfig
 
     return TrainConfig(method=args.method, base=args.base, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, head_lr=args.head_lr, freeze_until=args.freeze_until, val_split=args.val_split,
@@ -78,25 +76,20 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .index import IndexConfig
-    from .models.finetune import TrainError, fine_tune
+    from ..index import IndexConfig
+    from ..train import fine_tune
 
-    progress = not args.quiet and sys.stderr.isatty()
-    try:
-        report = fine_tune(args.sources, args.out, config_from_args(args), resume=args.resume,
-                           index=not args.no_index, index_config=IndexConfig(pca=args.pca, clusters=args.clusters),
-                           progress=progress)
-    except TrainError as exc:
-        print(f"imagefinder: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    r = report.train
+    report = fine_tune(args.sources, args.out, config_from_args(args), resume=args.resume,
+                       index=not args.no_index, index_config=IndexConfig(pca=args.pca, clusters=args.clusters),
+                       progress=progress(args))
+    r, index = report.train, report.index
     summary = {
         "model_dir": str(r.model_dir), "method": r.config.method, "base": r.config.base,
         "images": r.images, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
         "best_val_loss": round(r.best_loss, 6), "stopped_early": r.stopped_early,
         "seconds_per_epoch": round(r.seconds_per_epoch, 2), "device": r.config.device,
-        "loss_png": str(r.loss_png), "index": str(report.index.path) if report.index else None,
-        "indexed": report.index.indexed if report.index else None,
+        "loss_png": str(r.loss_png), "index": str(index.path) if index else None,
+        "indexed": index.indexed if index else None,
     }
     if args.json:
         print(json.dumps(summary))
@@ -105,29 +98,10 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"({r.seconds_per_epoch:.1f} s/epoch){'; stopped early' if r.stopped_early else ''}")
     print(f"best validation loss {r.best_loss:.4f} at epoch {r.best_epoch}; loss curve: {r.loss_png}")
     print(f"model: {r.model_dir}  (use it as --model {r.model_dir})")
-    if report.index:
-        print(f"index: {report.index.path}  ({report.index.indexed} of {report.index.items} images)")
+    if index:
+        print(f"index: {index.path}  ({index.indexed} of {index.items} images)")
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m imagefinder.train_cli ...` until cli.py registers the subcommand."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="imagefinder")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    from .models import ModelUnavailable
-    from .sources import SourceError
-
-    try:
-        return args.func(args)
-    except (SourceError, ModelUnavailable) as exc:
-        print(f"imagefinder: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+TRAIN_COMMAND = Command("train", "fine-tune the backbone on your images, then rebuild the index with it",
+                        _train_options, cmd_train, description=DESCRIPTION, raw_description=True)

@@ -1,0 +1,154 @@
+"""Options shared by several commands, and turning them into library arguments.
+
+Nothing heavy is imported at module level: the option functions import what their help text
+names (backbones, metrics) when a parser for that command is built, the converters when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ImageFinderError
+
+if TYPE_CHECKING:
+    from ..download import DownloadConfig
+    from ..index import IndexConfig
+    from ..runners import RayRunner
+
+EXIT_OK, EXIT_EMPTY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ImageFinderError, ValueError):
+    """Options that do not go together (or out of range); the message says which."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its parser's texts, the function adding its options, and what runs it."""
+
+    name: str
+    help: str
+    options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+    raw_description: bool = False  # keep the description's line breaks (it is laid out by hand)
+    add_help: bool = True
+
+
+class Renamed(argparse.Action):
+    """An option that was renamed: giving it is a usage error naming the new spelling."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, advice: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.advice = advice
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} {self.advice}")
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (HTTP requests too)")
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    from ..models import BACKBONES, DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
+                   help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}. "
+                        "Pooling options after '@', ensemble weights after ':', e.g. efficientnet-lite0@gem3,ms or "
+                        "efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, gem/gemP, ms/msA_B, powA; recorded in "
+                        "the manifest and used for every query)")
+    p.add_argument("--pca", type=int, metavar="D", help="reduce features to D dims with PCA before indexing")
+    p.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
+    p.add_argument("--clusters", type=int, metavar="K",
+                   help="K-Means clusters = IVF lists (default: exact search below 50k images, ~4*sqrt(n) above)")
+    p.add_argument("--index", dest="spec", metavar="SPEC",
+                   help='FAISS factory string overriding the above, e.g. "PCAW256,L2norm,IVF1024,Flat"')
+    p.add_argument("--nprobe", type=int, help="IVF clusters searched per query (default ~nlist/32, at least 16)")
+
+
+def index_config(args: argparse.Namespace) -> IndexConfig:
+    from ..index import IndexConfig
+
+    if args.whiten and not args.pca and not args.spec:
+        raise UsageError("--whiten needs --pca D (whitening is part of the PCA)")
+    return IndexConfig(model=args.model, pca=args.pca, whiten=args.whiten, clusters=args.clusters,
+                       spec=args.spec, nprobe=args.nprobe)
+
+
+def download_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-urls-only", action="store_true",
+                   help="refuse URLs (and redirects) to loopback, private, link-local or reserved addresses: for "
+                        "lists from untrusted sources (default: allowed, e.g. images on your own network)")
+
+
+def download_config(args: argparse.Namespace) -> DownloadConfig | None:
+    if not args.public_urls_only:
+        return None
+    from dataclasses import replace
+
+    from ..pipeline import default_download_config
+
+    return replace(default_download_config(), allow_private=False)
+
+
+def scale_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-recall", type=float, default=0.95, metavar="R",
+                   help="recall@10 vs exact search that nprobe/efSearch are tuned for above 50k images (default 0.95)")
+    p.add_argument("--refine", type=int, metavar="N",
+                   help="re-score the top N ANN candidates exactly from the stored features (default: auto, on for "
+                        "compressed indexes; 0 = off)")
+    p.add_argument("--rerank", action=Renamed,
+                   advice="was renamed --refine N for `index` (exact re-scoring of the ANN candidates); "
+                          "`search --rerank` is spatial verification")
+    p.add_argument("--store", metavar="URI",
+                   help="keep the vectors in Milvus instead of the FAISS file: ./vectors.db (Milvus Lite) or "
+                        "milvus://host:19530")
+    p.add_argument("--ray", action="store_true", help="embed with a Ray Data pipeline on a local Ray instance")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="embed on a Ray cluster (ray://head:10001, or auto on a node of it); implies --ray")
+
+
+def runner(args: argparse.Namespace) -> RayRunner | None:
+    if not (args.ray or args.ray_address):
+        return None
+    from ..runners import RayRunner
+
+    return RayRunner(address=args.ray_address)
+
+
+def query_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qe", type=int, default=0, metavar="N",
+                   help="query expansion: re-search with the query averaged with its top N results (default 0: off)")
+    p.add_argument("--qe-alpha", type=float, default=3.0, metavar="A",
+                   help="alpha-QE weight exponent: results weigh similarity^A (0: plain average; default 3)")
+    p.add_argument("--rerank", type=int, default=0, metavar="N",
+                   help="spatially verify the top N results with local features + RANSAC (default 0: off)")
+    p.add_argument("--rerank-budget", type=float, default=2.0, metavar="S",
+                   help="seconds of re-ranking per query at most (default 2)")
+
+
+def metric_option(p: argparse.ArgumentParser, help: str) -> None:
+    from ..search import METRICS
+
+    p.add_argument("--metric", choices=METRICS, default="cosine", help=help)
+
+
+def check_query_options(args: argparse.Namespace) -> None:
+    if args.qe < 0 or args.rerank < 0:
+        raise UsageError("--qe and --rerank must be >= 0")
+    if args.qe and args.metric not in ("cosine", "fusion"):
+        raise UsageError(f"--qe works with --metric cosine or fusion, not {args.metric}")
+    if args.rerank and args.metric == "euclidean":
+        raise UsageError("--rerank adds to similarity scores: use --metric cosine, vote or fusion")
+
+
+def progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
