@@ -118,7 +118,7 @@ def measure(uri: str, name: str, x: np.ndarray, q: np.ndarray, exact: np.ndarray
     vs.client.release_collection(vs.collection)
     vs.client.load_collection(vs.collection)
     index_s = time.monotonic() - t
-    out = {"insert_s": round(insert_s, 1), "insert_per_s": round(len(x) / insert_s),
+    out: dict[str, object] = {"insert_s": round(insert_s, 1), "insert_per_s": round(len(x) / insert_s),
            "flush_index_load_s": round(index_s, 1)}
     for level in ("Strong", "Session", "Bounded"):
         times, hits = [], 0
