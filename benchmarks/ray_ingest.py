@@ -26,7 +26,8 @@ import numpy as np
 from imagefinder import ImageFinder, IndexConfig, build_index
 from imagefinder.embed import Embedder
 from imagefinder.pipeline import index_features
-from imagefinder.runners import LocalRunner, RayRunner
+from imagefinder.runners.local import LocalRunner
+from imagefinder.runners.ray import RayRunner
 
 DEFAULT_DATA = Path("/work/shared/data/ukbench1000")
 

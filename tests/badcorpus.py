@@ -97,7 +97,7 @@ from test_images import (
     _upright_quadrant,
 )
 
-from imagefinder.download import DownloadConfig
+from imagefinder.ingest.download import DownloadConfig
 
 TIMEOUT = 0.5  # the downloader's per-operation timeout in the corpus run (its total cap is 3x)
 MAX_BYTES = 200_000  # every UKBench JPEG is < 90 kB

@@ -40,9 +40,9 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
-from imagefinder import images
-from imagefinder.images import ImageError, Preprocess, open_image, thumbnail_jpeg, to_array
-from imagefinder.sources import URL_COLUMNS, SourceError, expand_sources, is_url
+from imagefinder.ingest import decode as images
+from imagefinder.ingest.decode import ImageError, Preprocess, open_image, thumbnail_jpeg, to_array
+from imagefinder.ingest.sources import URL_COLUMNS, SourceError, expand_sources, is_url
 
 UKBENCH = Path(__file__).resolve().parents[2] / "shared/data/ukbench1000/images"
 
@@ -465,7 +465,7 @@ def check_upload(data: bytes, max_pixels: int = 1_000_000, max_bytes: int = 256 
     from fastapi import HTTPException
 
     from imagefinder.api.uploads import EXTENSIONS, check_image
-    from imagefinder.download import sniff_image_type
+    from imagefinder.ingest.decode import sniff_image_type
 
     try:
         checked = check_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
@@ -528,7 +528,8 @@ def check_api_case(case: Any) -> str:
 @contextlib.contextmanager
 def offline_urls() -> Iterator[None]:
     """Generated URLs pass through the real SSRF checks, but nothing is resolved or contacted."""
-    from imagefinder import netsafe
+    from imagefinder.net import client, policy
+    from imagefinder.net.errors import FetchError
 
     def resolve(host: str, port: int) -> list[str]:
         try:
@@ -537,14 +538,14 @@ def offline_urls() -> Iterator[None]:
             raise socket.gaierror(socket.EAI_NONAME, "name lookups are disabled while fuzzing") from None
 
     def no_connection(*args: object, **kwargs: object) -> None:
-        raise netsafe.FetchError("connections are disabled while fuzzing")
+        raise FetchError("connections are disabled while fuzzing")
 
-    saved = netsafe.resolve_host, netsafe._get_pinned
-    netsafe.resolve_host, netsafe._get_pinned = resolve, no_connection
+    saved = policy.resolve_host, client._send
+    policy.resolve_host, client._send = resolve, no_connection
     try:
         yield
     finally:
-        netsafe.resolve_host, netsafe._get_pinned = saved
+        policy.resolve_host, client._send = saved
 
 
 def build_api_index(root: Path, embedder: Any = None) -> Path:

@@ -237,7 +237,7 @@ def test_search_by_url_with_private_urls_allowed(sample: Sample, http_server) ->
             assert_error(c.post("/search", json={"url": html}), 415, "not a supported image")
             # the byte cap itself is tested in test_ssrf.py; here: it is told to the client as a 413
             from imagefinder.api import service
-            from imagefinder.netsafe import FetchTooLarge
+            from imagefinder.net.errors import FetchTooLarge
 
             def too_large(url: str, **kwargs) -> None:
                 raise FetchTooLarge(f"the image is too large: more than {kwargs['max_bytes']} bytes")

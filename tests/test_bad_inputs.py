@@ -23,9 +23,9 @@ from PIL import Image
 from test_images import BLUE, RED, _close
 
 from imagefinder import ImageFinder, build_index
-from imagefinder.download import DownloadConfig
-from imagefinder.images import ImageError, open_image
 from imagefinder.index import Store
+from imagefinder.ingest.decode import ImageError, open_image
+from imagefinder.ingest.download import DownloadConfig
 
 GROUP = range(4)  # UKBench images 0-3: four photos of one object
 

@@ -32,13 +32,13 @@ from conftest import REPO, ukbench_image
 
 from imagefinder import build_index
 from imagefinder.api.testing import free_port
-from imagefinder.download import cache_path
 from imagefinder.embed import Embedder
 from imagefinder.finder import ImageFinder
 from imagefinder.index import EMBEDDINGS, ArtifactWriter, IndexError_, Store
-from imagefinder.journal import Journal
+from imagefinder.ingest.download import cache_path
+from imagefinder.ingest.journal import Journal
+from imagefinder.ingest.sources import Item
 from imagefinder.serve import wait_ready
-from imagefinder.sources import Item
 
 # end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for imagefinder.download against a real HTTP server on 127.0.0.1."""
+"""Tests for imagefinder.ingest.download (and the net layer under it) against a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -18,16 +19,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagefinder import download
-from imagefinder.download import (
-    DownloadConfig,
-    Downloader,
-    FetchResult,
-    cache_path,
-    fetch,
-    sniff_image_type,
-    summarize_failures,
-)
+from imagefinder.ingest.decode import sniff_image_type
+from imagefinder.ingest.download import DownloadConfig, Downloader, FetchResult, cache_path, fetch
+from imagefinder.ingest.sources import Item
+from imagefinder.net import policy, retry
+from imagefinder.pipeline import failure_reasons
+from imagefinder.runners.local import LocalRunner, ordered_map
 
 BIG_BODY_SIZE = 50_000
 SMALL_MAX_BYTES = 10_000
@@ -200,7 +197,7 @@ def refused_url() -> str:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record back-off delays instead of waiting them out."""
     delays: list[float] = []
-    monkeypatch.setattr(download, "_sleep", delays.append)
+    monkeypatch.setattr(retry, "_sleep", delays.append)
     return delays
 
 
@@ -252,35 +249,6 @@ def test_sniff_image_type(data: bytes, kind: str | None) -> None:
 def test_fetch_result_ok() -> None:
     assert FetchResult("u", Path("p"), None).ok
     assert not FetchResult("u", None, "HTTP 404 Not Found").ok
-
-
-def test_summarize_failures_collapses_details() -> None:
-    results = [
-        FetchResult("a", Path("a"), None),
-        FetchResult("b", None, "HTTP 404 Not Found"),
-        FetchResult("c", None, "HTTP 404 Not Found"),
-        FetchResult("d", None, "HTTP 503 Service Unavailable"),
-        FetchResult("e", None, "timeout after 20s"),
-        FetchResult("f", None, "timeout after 60s total"),
-        FetchResult("g", None, "too large: more than 52428800 bytes"),
-        FetchResult("h", None, "too large: Content-Length 9 exceeds 5 bytes"),
-        FetchResult("i", None, "not an image: content-type text/html"),
-        FetchResult("j", None, "not an image: unrecognised file signature"),
-        FetchResult("k", None, "connection failed: [Errno 111] Connection refused"),
-        FetchResult("l", None, "unsupported URL scheme 'ftp'"),
-        FetchResult("m", None, "weird failure 42: at http://x/1"),
-    ]
-    assert summarize_failures(results) == {
-        "HTTP 404": 2,
-        "timeout": 2,
-        "too large": 2,
-        "not an image": 2,
-        "HTTP 503": 1,
-        "connection failed": 1,
-        "unsupported URL scheme": 1,
-        "weird failure N": 1,
-    }
-    assert summarize_failures([]) == {}
 
 
 @pytest.mark.parametrize(
@@ -351,10 +319,10 @@ def test_second_run_is_served_from_cache_with_zero_requests(
 ) -> None:
     urls = [server.url(p) for p in ("/img.jpg", "/img.png", "/redirect", "/octet")]
     with Downloader(config) as downloader:
-        first = list(downloader.fetch_many(urls))
+        first = [downloader.fetch(url) for url in urls]
         assert all(r.ok and not r.from_cache for r in first), first
         before = server.state.total()
-        second = list(downloader.fetch_many(urls))
+        second = [downloader.fetch(url) for url in urls]
     assert server.state.total() == before
     assert [r.url for r in second] == urls
     assert all(r.ok and r.from_cache for r in second)
@@ -523,11 +491,11 @@ def test_size_cap_allows_body_exactly_at_limit(server: _Server, tmp_path: Path) 
         assert result.path is not None and result.path.read_bytes() == BIG_JPEG_LIKE
 
 
-# --- fetch_many ------------------------------------------------------------
+# --- a crawl: the downloader under the local runner --------------------------------------
 
 
-def test_fetch_many_keeps_input_order_and_reports_each_failure(
-    server: _Server, config: DownloadConfig, refused_url: str, sleeps: list[float]
+def test_crawl_keeps_input_order_and_reports_each_failure(
+    server: _Server, config: DownloadConfig, refused_url: str, sleeps: list[float], embedder
 ) -> None:
     # Early URLs are slowest, so completion order is the reverse of input order.
     urls = [server.url(f"/delay?ms={ms}") for ms in (300, 200, 100)] + [
@@ -539,55 +507,39 @@ def test_fetch_many_keeps_input_order_and_reports_each_failure(
         "ftp://example.com/x.jpg",
         server.url("/redirect"),
     ]
-    with Downloader(config) as downloader:
-        results = list(downloader.fetch_many(urls))
-    assert [r.url for r in results] == urls
-    assert [r.ok for r in results] == [
-        True,
-        True,
-        True,
-        False,
-        True,
-        False,
-        False,
-        False,
-        False,
-        True,
-    ]
-    assert summarize_failures(results) == {
-        "HTTP 404": 1,
+    seen: list = []
+    raw = LocalRunner(workers=4).run([Item(u) for u in urls], 0, embedder, config, 4, seen.append, False)
+    records = [x.record for x in seen]
+    assert [r.id for r in records] == list(range(len(urls))), "handed back in input order"
+    assert [r.source for r in records] == urls
+    assert [r.status == "ok" for r in records] == [True, True, True, False, True, False, False, False, False, True]
+    assert failure_reasons(r.error for r in records if r.status == "failed") == {
+        "HTTP 404 Not Found": 1,
         "not an image": 2,
         "connection failed": 1,
-        "unsupported URL scheme": 1,
+        "unsupported URL scheme 'ftp'": 1,
     }
-    for result in results:
-        if result.ok:
-            assert result.path is not None and result.path.read_bytes()[:3] in (
-                JPEG[:3],
-                PNG[:3],
-            )
+    assert (raw[[i for i, r in enumerate(records) if r.status == "ok"]] != 0).any(axis=1).all()
+    for record in records:
+        if record.status == "ok":
+            assert record.cached_path == str(cache_path(record.source, config.cache_dir))
 
 
-def test_fetch_many_bounds_in_flight_work(server: _Server, tmp_path: Path) -> None:
-    config = DownloadConfig(cache_dir=tmp_path, workers=2)
+def test_crawl_bounds_in_flight_work() -> None:
     pulled = 0
 
-    def url_stream(n: int) -> Iterator[str]:
+    def stream(n: int) -> Iterator[int]:
         nonlocal pulled
         for i in range(n):
             pulled += 1
-            yield server.url(f"/delay?ms=20&i={i}")
+            yield i
 
-    with Downloader(config) as downloader:
-        results = downloader.fetch_many(url_stream(40))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = ordered_map(lambda i: (time.sleep(0.002), i)[1], stream(40), pool, ahead=4)
         first = next(results)
-        assert pulled <= 2 * config.workers + 1
+        assert pulled <= 4, "no more than `ahead` items are taken from the stream before the first result"
         rest = list(results)
-    assert first.url.endswith("i=0")
-    assert [r.url for r in [first, *rest]] == [
-        server.url(f"/delay?ms=20&i={i}") for i in range(40)
-    ]
-    assert all(r.ok for r in rest)
+    assert [first, *rest] == list(range(40))
 
 
 def test_downloader_fetch_single(server: _Server, config: DownloadConfig) -> None:
@@ -602,3 +554,27 @@ def test_downloader_rejects_zero_workers(tmp_path: Path) -> None:
     # Refuse up front rather than build a pool that can never run anything.
     with pytest.raises(ValueError, match="workers"):
         Downloader(DownloadConfig(cache_dir=tmp_path, workers=0))
+
+
+def test_a_checked_crawl_connects_to_the_vetted_address(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With allow_private off, the host is resolved once and the request goes to that address
+    (as the API's fetch does): `crawl.test` exists only in this fake resolver, so a second,
+    real lookup by the HTTP client would fail."""
+    lookups: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(policy, "resolve_host", resolve)
+    config = DownloadConfig(cache_dir=tmp_path, allow_private=False, allowed_private=("127.0.0.1",))
+    url = server.url("/img.jpg").replace("127.0.0.1", "crawl.test")
+    result = fetch(url, config)
+    assert result.ok, result.error
+    assert lookups == ["crawl.test"]
+    refused = fetch(url, DownloadConfig(cache_dir=tmp_path / "other", allow_private=False))
+    assert refused.error == (
+        "refused: private address: 'crawl.test' resolves to 127.0.0.1, a loopback address (allow_private is off)"
+    )

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 
 from imagefinder import ImageFinder, build_index
 from imagefinder import train as ft
-from imagefinder.images import Preprocess
 from imagefinder.index import IndexConfig
+from imagefinder.ingest.decode import Preprocess
 from imagefinder.models import ModelUnavailable, OnnxModel, get_backbone, parse_model_spec
 from imagefinder.models.registry import model_provenance, read_model_json
 from imagefinder.pooling import Pooling

@@ -26,7 +26,7 @@ from fuzzing import (
 )
 from hypothesis import HealthCheck, example, given, settings
 
-from imagefinder.images import ImageError, open_image
+from imagefinder.ingest.decode import ImageError, open_image
 
 # Pillow warns (UserWarning) about the corrupt EXIF and truncated tags it skips: expected here
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

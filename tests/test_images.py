@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from imagefinder import ImageFinder, build_index
-from imagefinder.images import ImageError, open_image
 from imagefinder.index import Store
+from imagefinder.ingest.decode import ImageError, open_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

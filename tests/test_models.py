@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imagefinder.embed import Embedder
-from imagefinder.images import open_image
+from imagefinder.ingest.decode import open_image
 from imagefinder.models import BACKBONES, ModelUnavailable, OnnxModel, get_backbone, parse_model_spec, registry
 
 SHIPPED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "dinov2-s", "resnet50-thin"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imagefinder.embed import Embedder, l2_normalize
-from imagefinder.images import open_image
+from imagefinder.ingest.decode import open_image
 from imagefinder.models import ModelUnavailable, parse_model_spec, registry
 from imagefinder.pooling import DEFAULT_SCALES, Pooling, parse_member, pool_map, power_normalize
 from imagefinder.search import SearchSpace, augment_database, search

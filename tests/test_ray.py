@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray", reason='needs `pip install "ray[data]"`')
 
 from imagefinder.index import Store, read_manifest
 from imagefinder.pipeline import build_index
-from imagefinder.runners import LocalRunner
+from imagefinder.runners.local import LocalRunner
 from imagefinder.serve import stop_children
 
 # end-to-end: `make test-fast` leaves these out, `make test` (CI) runs them

@@ -30,7 +30,7 @@ from test_ray import N, _contents
 from test_ray import images as images  # noqa: PLC0414 - the `images` fixture, shared
 
 from imagefinder.pipeline import build_index
-from imagefinder.runners import LocalRunner
+from imagefinder.runners.local import LocalRunner
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ DRIVER = """
 import json, sys
 import ray
 from imagefinder.pipeline import build_index
-from imagefinder.runners import RayRunner
+from imagefinder.runners.ray import RayRunner
 
 address, images, out, result = sys.argv[1:]
 runner = RayRunner(address=address, embed_actors=2, load_concurrency=1)

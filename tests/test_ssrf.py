@@ -17,10 +17,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagefinder import netsafe
 from imagefinder.api import Settings, create_app
 from imagefinder.api.testing import ServerThread, start_asgi
-from imagefinder.netsafe import FetchError, FetchTooLarge, UnsafeURL, check_address, safe_fetch
+from imagefinder.net import client, policy
+from imagefinder.net.client import safe_fetch
+from imagefinder.net.errors import FetchError, FetchTooLarge, UnsafeURL
+from imagefinder.net.policy import check_address
 
 FAKE_PUBLIC_HOST = "public.test"
 
@@ -39,11 +41,11 @@ def no_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Fail the test if safe_fetch opens any connection; returns the list of attempts."""
     attempts: list[str] = []
 
-    def refuse(client, parsed, address, *args, **kwargs):
-        attempts.append(f"{parsed} -> {address}")
-        raise AssertionError(f"safe_fetch tried to connect to {address} for {parsed}")
+    def refuse(http, target, *args, **kwargs):
+        attempts.append(f"{target.url} -> {target.address}")
+        raise AssertionError(f"safe_fetch tried to connect to {target.address} for {target.url}")
 
-    monkeypatch.setattr(netsafe, "_get_pinned", refuse)
+    monkeypatch.setattr(client, "_send", refuse)
     return attempts
 
 
@@ -51,7 +53,7 @@ def no_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def fake_public_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """`public.test` resolves to 127.0.0.1 and counts as public; nothing else changes."""
     lookups: list[str] = []
-    real_resolve, real_check = netsafe.resolve_host, netsafe.check_address
+    real_resolve, real_check = policy.resolve_host, policy.check_address
 
     def resolve(host: str, port: int) -> list[str]:
         lookups.append(host)
@@ -63,8 +65,8 @@ def fake_public_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             return None
         return real_check(address)
 
-    monkeypatch.setattr(netsafe, "resolve_host", resolve)
-    monkeypatch.setattr(netsafe, "check_address", check)
+    monkeypatch.setattr(policy, "resolve_host", resolve)
+    monkeypatch.setattr(policy, "check_address", check)
     return lookups
 
 
@@ -134,7 +136,7 @@ def test_refused_urls_never_connect(url: str, words: list[str], no_connections: 
 
 
 def test_a_name_with_any_private_address_is_refused(monkeypatch: pytest.MonkeyPatch, no_connections) -> None:
-    monkeypatch.setattr(netsafe, "resolve_host", lambda host, port: ["93.184.216.34", "10.0.0.5"])
+    monkeypatch.setattr(policy, "resolve_host", lambda host, port: ["93.184.216.34", "10.0.0.5"])
     with pytest.raises(UnsafeURL, match="10.0.0.5, a private address"):
         safe_fetch("http://mixed.test/x.jpg")
     assert no_connections == []
@@ -144,7 +146,7 @@ def test_unresolvable_host_is_a_fetch_error(monkeypatch: pytest.MonkeyPatch, no_
     def fail(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(netsafe, "resolve_host", fail)
+    monkeypatch.setattr(policy, "resolve_host", fail)
     with pytest.raises(FetchError, match="cannot resolve host 'nowhere.test'"):
         safe_fetch("http://nowhere.test/x.jpg")
 
@@ -233,7 +235,7 @@ def test_every_dns_answer_of_every_hop_is_checked(http_server, fake_public_dns: 
                                                    monkeypatch: pytest.MonkeyPatch, answers: list[str],
                                                    via_redirect: bool) -> None:
     """A name with one non-public address among public ones is refused, first hop or a redirect's."""
-    fixture_resolve = netsafe.resolve_host
+    fixture_resolve = policy.resolve_host
 
     def resolve(host: str, port: int) -> list[str]:
         if host == "mixed.test":
@@ -241,7 +243,7 @@ def test_every_dns_answer_of_every_hop_is_checked(http_server, fake_public_dns: 
             return list(answers)
         return fixture_resolve(host, port)
 
-    monkeypatch.setattr(netsafe, "resolve_host", resolve)
+    monkeypatch.setattr(policy, "resolve_host", resolve)
     http_server.route("/ssrf/secret", b"secret", "text/plain")
     port = http_server.base.rsplit(":", 1)[1]
     target = f"http://mixed.test:{port}/ssrf/secret"

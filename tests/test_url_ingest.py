@@ -14,7 +14,7 @@ import pytest
 from conftest import rows_by_source
 
 from imagefinder import ImageFinder, build_index
-from imagefinder.download import DownloadConfig, cache_path
+from imagefinder.ingest.download import DownloadConfig, cache_path
 
 GOOD = 8
 MAX_BYTES = 150_000  # every UKBench JPEG is < 90 kB

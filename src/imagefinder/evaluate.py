@@ -32,11 +32,11 @@ import faiss
 import numpy as np
 
 from .finder import ImageFinder
-from .images import ImageError, open_image
 from .index import IndexConfig
+from .ingest.decode import ImageError, open_image
+from .ingest.sources import SourceError
 from .pipeline import build_index
 from .search import SearchSpace, augment_database, search
-from .sources import SourceError
 
 KEYS = ("map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries",
         "index_seconds", "images_per_second")

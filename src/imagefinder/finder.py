@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .download import fetch
 from .embed import Embedder
-from .images import ImageError, open_image
 from .index import Store, is_exact, read_manifest
+from .ingest.decode import ImageError, open_image
+from .ingest.download import fetch
+from .ingest.sources import is_url
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
 from .search import Hit, SearchSpace, search
-from .sources import is_url
 
 
 @dataclass

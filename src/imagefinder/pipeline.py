@@ -1,32 +1,26 @@
 """Build an index: sources -> fetch -> decode/preprocess -> embed -> reduce/index -> artifact.
 
-Stages are plain functions over items and batches (`load_item`, `Embedder.embed_prepared`);
-a runner executes them (runners.py): the local one (`run_local`, below) overlaps them with a
-thread pool - downloads and JPEG decoding release the GIL, so they proceed while onnxruntime
-runs the previous batch on all cores - and the Ray one runs the same functions as a Ray Data
-pipeline, on this machine or a cluster. Everything after the features (index choice,
-training, tuning, the artifact) is the same whichever runner embedded them.
+This module orchestrates only. The stages are plain functions over items and batches
+(`ingest.stages.load_item`, `Embedder.embed_prepared`); a runner executes them (runners/):
+the local one overlaps them on a thread pool, the Ray one runs them as a Ray Data pipeline,
+on this machine or a cluster. Around the runner: the resume journal (ingest/journal.py), and
+everything after the features (index choice, training, tuning, the artifact), which is the
+same whichever runner embedded them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
-from .download import DownloadConfig, Downloader
 from .embed import Embedder
-from .images import THUMBNAIL_SIZE, ImageError, open_image, thumbnail_jpeg
 from .index import (
     THUMBS,
     ArtifactWriter,
@@ -43,26 +37,17 @@ from .index import (
     recover,
     writer_lock,
 )
-from .journal import Journal, model_fingerprint
+from .ingest.download import DownloadConfig
+from .ingest.journal import Journal, model_fingerprint
+from .ingest.sources import Item, expand_nonempty
+from .ingest.stages import Loaded
 from .models import registry
-from .sources import Item, SourceError, expand_sources
-
-if TYPE_CHECKING:
-    from .runners import Runner
+from .runners.base import Runner
+from .runners.local import LocalRunner
 
 log = logging.getLogger(__name__)
 
 ADD_JOURNAL = "add.journal.sqlite"  # inside the index: embedded items of an `add` not yet committed
-
-
-@dataclass
-class Loaded:
-    """One item after fetch + decode: its id-table record and model inputs (None if failed)."""
-
-    record: Record
-    prepared: list[np.ndarray] | None = None
-    thumbnail: bytes | None = None
-    vector: np.ndarray | None = None  # raw features, set by the runner once embedded
 
 
 @dataclass
@@ -83,86 +68,6 @@ def default_download_config() -> DownloadConfig:
     return DownloadConfig(cache_dir=registry.cache_dir() / "downloads")
 
 
-def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Downloader | None) -> Loaded:
-    """Fetch (if a URL) and decode one item; every failure becomes a recorded reason."""
-    record = Record(id=item_id, source=item.source, meta=dict(item.meta))
-    try:
-        path = _fetch(item, downloader)
-        record.cached_path = str(path)
-        draft = max([m.backbone.preprocess.size for m in embedder.members] + [THUMBNAIL_SIZE])
-        decoded = open_image(path, draft_size=draft)
-        record.width, record.height, record.sha256 = decoded.width, decoded.height, decoded.sha256
-        return Loaded(record, embedder.prepare(decoded.image), thumbnail_jpeg(decoded.image))
-    except (ImageError, FetchFailed) as exc:
-        record.status, record.error = "failed", str(exc)
-        return Loaded(record)
-
-
-class FetchFailed(RuntimeError):
-    pass
-
-
-def _fetch(item: Item, downloader: Downloader | None) -> Path:
-    if not item.is_url:
-        return Path(item.source)
-    if downloader is None:
-        raise FetchFailed("no downloader configured for URLs")
-    result = downloader.fetch(item.source)
-    if not result.ok:
-        raise FetchFailed(result.error or "download failed")
-    assert result.path is not None
-    return result.path
-
-
-def ordered_map(fn: Callable, items: Iterable, executor: Executor, ahead: int) -> Iterator:
-    """executor.map that keeps at most `ahead` tasks in flight (bounded memory on 1M items)."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(executor.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def run_local(
-    items: Sequence[Item], embedder: Embedder, downloader: Downloader | None,
-    batch_size: int, workers: int, on_loaded: Callable[[Loaded], None], progress: bool, first_id: int = 0,
-) -> np.ndarray:
-    """Embed every item as ids first_id..; returns (len(items), dim) raw features, zero rows for failures."""
-    embeddings = np.zeros((len(items), embedder.dim), np.float32)
-    bar = tqdm(total=len(items), unit="img", desc="indexing", disable=not progress, smoothing=0.1)
-    failed = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load") as pool:
-        loaded = ordered_map(lambda pair: load_item(pair[0], pair[1], embedder, downloader),
-                             enumerate(items, first_id), pool, ahead=max(4 * batch_size, 2 * workers))
-        for batch in batched(loaded, batch_size):
-            good = [x for x in batch if x.prepared is not None]
-            if good:
-                vectors = embedder.embed_prepared([x.prepared for x in good])
-                embeddings[[x.record.id - first_id for x in good]] = vectors
-                for x, vector in zip(good, vectors):
-                    x.vector = vector
-            for x in batch:
-                on_loaded(x)
-            failed += len(batch) - len(good)
-            bar.update(len(batch))
-            bar.set_postfix(failed=failed, refresh=False)
-    bar.close()
-    return embeddings
-
-
 def build_index(
     sources: Sequence[str],
     out: Path | str,
@@ -178,12 +83,12 @@ def build_index(
     """Index every image of `sources` into the directory `out` (replaced atomically).
 
     `runner` executes fetch/decode/embed: `LocalRunner()` (default, threads) or
-    `RayRunner(address)` (runners.py); the resulting artifact is the same. Embedded items are
+    `RayRunner(address)` (runners/); the resulting artifact is the same. Embedded items are
     journalled beside `out` as they finish, so a re-run after a crash or Ctrl-C resumes.
     """
     config = config or IndexConfig()
     start = time.perf_counter()
-    items = _expand_nonempty(sources)
+    items = expand_nonempty(sources)
     embedder = embedder or Embedder(config.model)
     writer = ArtifactWriter(Path(out))
     with resume_journal(writer.journal_path, embedder) as journal:
@@ -211,13 +116,6 @@ def resume_journal(path: Path, embedder: Embedder) -> Iterator[Journal]:
     journal.delete()
 
 
-def _expand_nonempty(sources: Sequence[str]) -> list[Item]:
-    items = expand_sources(sources)
-    if not items:
-        raise SourceError(f"no images found in {', '.join(map(str, sources))}")
-    return items
-
-
 def embed_items(
     items: Sequence[Item], first_id: int, embedder: Embedder, thumbs: Path, *, batch_size: int = 32,
     workers: int | None = None, progress: bool = False, download: DownloadConfig | None = None,
@@ -228,8 +126,6 @@ def embed_items(
     Items the `journal` already holds are taken from it; the others are embedded and added to
     it as they finish. Returns records, raw features (row = id - first_id) and the resumed count.
     """
-    from .runners import LocalRunner
-
     done = journal.finished(list(items)) if journal is not None else {}
     todo = [pos for pos in range(len(items)) if pos not in done] if done else range(len(items))
     records: list[Record] = []
@@ -251,26 +147,23 @@ def embed_items(
     for pos, finished in done.items():
         finished.record.id = first_id + pos
         keep(finished.record, finished.thumbnail)
-    raw = np.zeros((len(items), embedder.dim), np.float32) if done or not todo else None
+    embedded = None
     if todo:
         runner = runner or LocalRunner(workers=workers)
         embedded = runner.run([items[pos] for pos in todo], 0, embedder, download or default_download_config(),
                               batch_size, on_loaded, progress)
-        if raw is None:
-            raw = embedded
-        else:
-            raw[todo] = embedded
     if journal is not None:
         journal.flush()
-    for pos, finished in done.items():
-        raw[pos] = finished.vector
+    if embedded is not None and not done:
+        raw = embedded  # the usual case: no copy of a (1M, dim) array
+    else:
+        raw = np.zeros((len(items), embedder.dim), np.float32)
+        if embedded is not None:
+            raw[todo] = embedded
+        for pos, finished in done.items():
+            raw[pos] = finished.vector
     records.sort(key=lambda r: r.id)  # a distributed runner hands results back in any order
     return records, raw, len(done)
-
-
-def local_workers(download: DownloadConfig, has_urls: bool, workers: int | None) -> int:
-    """Downloads wait on the network, decoding on the CPU: size the pool for whichever dominates."""
-    return workers or (download.workers if has_urls else max(4, (os.cpu_count() or 2) * 2))
 
 
 def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder | None = None,
@@ -279,7 +172,7 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
     """Add images to an existing index without rebuilding it: same PCA, same clusters, new ids."""
     path = Path(path)
     start = time.perf_counter()
-    items = _expand_nonempty(sources)
+    items = expand_nonempty(sources)
     with writer_lock(path):
         manifest = read_manifest(path)
         recover(path, manifest)

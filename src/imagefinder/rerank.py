@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import ImageError, open_image
+from .ingest.decode import ImageError, open_image
 from .models import ModelUnavailable
 from .search import Hit
 

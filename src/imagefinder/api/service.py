@@ -32,10 +32,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..download import sniff_image_type
 from ..embed import Embedder
 from ..finder import ImageFinder, Result
-from ..netsafe import FetchError, FetchTooLarge, safe_fetch
+from ..ingest.decode import sniff_image_type
+from ..net.client import safe_fetch
+from ..net.errors import FetchError, FetchTooLarge
 from ..search import METRICS
 from .schemas import (
     MAX_ID,

@@ -18,8 +18,7 @@ from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from ..download import sniff_image_type
-from ..images import MAX_PIXELS, Decoded, ImageError, open_image
+from ..ingest.decode import MAX_PIXELS, Decoded, ImageError, open_image, sniff_image_type
 
 FORMATS = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tif"}

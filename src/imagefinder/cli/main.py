@@ -83,9 +83,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     Transitional (issue 11): once sources.py, images.py and index.py are restructured with their
     errors derived from ImageFinderError, this is `ImageFinderError` alone.
     """
-    from ..images import ImageError
     from ..index import IndexError_
-    from ..sources import SourceError
+    from ..ingest.decode import ImageError
+    from ..ingest.sources import SourceError
 
     return ImageFinderError, SourceError, ImageError, IndexError_
 

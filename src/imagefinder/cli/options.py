@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ImageFinderError
 
 if TYPE_CHECKING:
-    from ..download import DownloadConfig
     from ..index import IndexConfig
-    from ..runners import RayRunner
+    from ..ingest.download import DownloadConfig
+    from ..runners.ray import RayRunner
 
 EXIT_OK, EXIT_EMPTY, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -119,7 +119,7 @@ def scale_options(p: argparse.ArgumentParser) -> None:
 def runner(args: argparse.Namespace) -> RayRunner | None:
     if not (args.ray or args.ray_address):
         return None
-    from ..runners import RayRunner
+    from ..runners.ray import RayRunner
 
     return RayRunner(address=args.ray_address)
 

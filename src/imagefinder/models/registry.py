@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageFinderError
-from ..images import Preprocess
+from ..ingest.decode import Preprocess
 from ..pooling import Pooling, SpecError, parse_spec, pool_map, pool_tokens
 from . import export
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..images import Preprocess
+from ..ingest.decode import Preprocess
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..images import ImageError, open_image
-from ..pipeline import FetchFailed, _expand_nonempty, _fetch, default_download_config, local_workers
-from ..sources import Item, SourceError
+from ..ingest.decode import ImageError, open_image
+from ..ingest.sources import Item, SourceError, expand_nonempty
+from ..ingest.stages import FetchFailed, fetch_item
+from ..pipeline import default_download_config
+from ..runners.local import local_workers
 from .config import TrainError
 
 log = logging.getLogger(__name__)
@@ -54,18 +56,18 @@ def load_images(sources: Sequence[str], size: int, *, workers: int | None = None
     The index build's own source expansion, downloader and decoder; unreadable images are
     skipped and reported, as `build_index` records them.
     """
-    items = _expand_nonempty(sources)
+    items = expand_nonempty(sources)
     has_urls = any(item.is_url for item in items)
     download = default_download_config()
     downloader = None
     if has_urls:
-        from ..download import Downloader
+        from ..ingest.download import Downloader
 
         downloader = Downloader(download)
 
     def load(item: Item) -> tuple[np.ndarray, str] | str:
         try:
-            decoded = open_image(_fetch(item, downloader), draft_size=size)
+            decoded = open_image(fetch_item(item, downloader), draft_size=size)
         except (ImageError, FetchFailed) as exc:
             return str(exc)
         img = decoded.image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)

@@ -95,7 +95,7 @@ def _model_json(result: TrainResult, onnx_file: Path, *, n_train: int, n_val: in
         "stopped_early": result.stopped_early,
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in result.history],
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "imagefinder": _version()},
     }
 

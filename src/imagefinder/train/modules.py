@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..images import Preprocess
+from ..ingest.decode import Preprocess
 from ..models import export, registry
 from .augment import PLAIN, Augment, views
 from .config import Resolved

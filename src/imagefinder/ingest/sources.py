@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import is_image_path, path_text
+from ..errors import ImageFinderError
+from .decode import is_image_path, path_text
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ LIST_SUFFIXES = {".txt", ".lst", ".list"}
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-class SourceError(ValueError):
+class SourceError(ImageFinderError, ValueError):
     """A source argument that cannot be read; the message names it and says why."""
 
 
@@ -51,6 +52,14 @@ def expand_sources(sources: Sequence[str]) -> list[Item]:
             if item.source not in seen:
                 seen.add(item.source)
                 items.append(item)
+    return items
+
+
+def expand_nonempty(sources: Sequence[str]) -> list[Item]:
+    """`expand_sources`, refusing sources that hold no image at all (nothing to index or train on)."""
+    items = expand_sources(sources)
+    if not items:
+        raise SourceError(f"no images found in {', '.join(map(str, sources))}")
     return items
 
 

@@ -13,9 +13,12 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageFinderError
 
 # Pillow's decompression-bomb guard: refuse images with more pixels than this (raise, not warn).
 MAX_PIXELS = 128_000_000
@@ -29,7 +32,7 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 THUMBNAIL_SIZE = 256
 
 
-class ImageError(ValueError):
+class ImageError(ImageFinderError, ValueError):
     """An input that is not a usable image; the message says why."""
 
 
@@ -49,8 +52,9 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Preprocess:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 @dataclass
@@ -185,12 +189,12 @@ def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     """Resize and normalise one RGB image to the backbone's float32 layout (no batch axis)."""
     if spec.resize == "crop":
         short = round(spec.size / spec.crop_ratio)
-        img = ImageOps.fit(img, (short, short), Image.BILINEAR)
+        img = ImageOps.fit(img, (short, short), Image.Resampling.BILINEAR)
         offset = (short - spec.size) // 2
         img = img.crop((offset, offset, offset + spec.size, offset + spec.size))
     else:
-        img = img.resize((spec.size, spec.size), Image.BILINEAR, reducing_gap=2.0)
-    arr = np.asarray(img, dtype=np.float32)
+        img = img.resize((spec.size, spec.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    arr: np.ndarray = np.asarray(img, dtype=np.float32)
     if spec.channels == "BGR":
         arr = arr[:, :, ::-1]
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
@@ -202,10 +206,27 @@ def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
 def thumbnail_jpeg(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     """A small JPEG for result grids; kept in the index so originals need not be reachable."""
     thumb = img.copy()
-    thumb.thumbnail((size, size), Image.BILINEAR)
+    thumb.thumbnail((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     thumb.save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """The format of an image from its magic bytes (servers and file names lie), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    return None
 
 
 def is_image_path(path: Path) -> bool:

@@ -1,6 +1,6 @@
 """Resume journal: what an interrupted ingest already finished, so a re-run does only the rest.
 
-Downloads are cached already (download.py); this keeps the expensive part, the embedding.
+Downloads are cached already (ingest/download.py); this keeps the expensive part, the embedding.
 Every embedded item - its id-table record, raw feature vector and thumbnail - is written to
 a small SQLite file beside the index as it is produced, committed every few items, so a
 crash, kill -9 or Ctrl-C loses at most the last few seconds of work. A re-run over the same
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import Record
+from ..index import Record
 from .sources import Item
 
 log = logging.getLogger(__name__)

@@ -1,20 +1,11 @@
-"""Runners: who executes the ingest stages, not what they do.
+"""The Ray runner: the same ingest stages as a Ray Data pipeline, on this machine or a cluster.
 
-The stages are the plain functions of pipeline.py and embed.py - `load_item` (fetch + decode +
-`Embedder.prepare`) per item and `Embedder.embed_prepared` per batch. A runner only decides
-where they run, like clip-retrieval's distributors:
-
-- `LocalRunner`: a thread pool in this process (`pipeline.run_local`). Downloads and JPEG
-  decoding release the GIL and overlap with onnxruntime, which uses every core.
-- `RayRunner`: a Ray Data pipeline, `from_items -> map(load) -> map_batches(embed actors)`,
-  streamed back to the driver with the ids kept. Started on a local Ray instance by default
-  (`--ray`), or joined to a cluster (`--ray-address ray://head:10001`, or `auto` on a node of
-  it): the same code, only the address changes. Every worker needs imagefinder installed and
-  the image paths readable (URLs work anywhere); each node exports the ONNX model once into
-  its own cache ($IMAGEFINDER_CACHE is passed on).
-
-Both return the (n, dim) raw features for ids first_id.. and call `on_loaded` on the driver
-for each item (records, thumbnails), so what happens after embedding is the same.
+`from_items -> map(LoadStage: load_item) -> map_batches(EmbedStage actors: embed_prepared)`,
+streamed back to the driver with the ids kept. Started on a local Ray instance by default
+(`--ray`), or joined to a cluster (`--ray-address ray://head:10001`, or `auto` on a node of
+it): the same code, only the address changes. Every worker needs imagefinder installed and
+the image paths readable (URLs work anywhere); each node exports the ONNX model once into
+its own cache ($IMAGEFINDER_CACHE is passed on).
 """
 
 from __future__ import annotations
@@ -26,40 +17,17 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
-from .download import DownloadConfig, Downloader
-from .embed import Embedder
-from .index import Record
-from .pipeline import Loaded, load_item, local_workers, run_local
-from .sources import Item
+from ..embed import Embedder
+from ..index import Record
+from ..ingest.download import DownloadConfig, Downloader
+from ..ingest.sources import Item
+from ..ingest.stages import Loaded, load_item
 
 log = logging.getLogger(__name__)
-
-
-class Runner(Protocol):
-    def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
-            batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray: ...
-
-
-@dataclass
-class LocalRunner:
-    """Threads in this process: the default."""
-
-    workers: int | None = None
-
-    def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
-            batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray:
-        has_urls = any(i.is_url for i in items)
-        downloader = Downloader(download) if has_urls else None
-        try:
-            return run_local(items, embedder, downloader, batch_size, local_workers(download, has_urls, self.workers),
-                             on_loaded, progress, first_id)
-        finally:
-            if downloader is not None:
-                downloader.close()
 
 
 def embedder_factory(embedder: Embedder, threads: int | None = None) -> Callable[[], Embedder]:
@@ -137,7 +105,7 @@ class RayRunner:
             raise RuntimeError('the Ray runner needs `pip install "ray[data]==2.60.0"`') from exc
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in ("IMAGEFINDER_CACHE",) if k in os.environ}
-            kwargs = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False,
+            kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False,
                       "logging_level": logging.WARNING}
             if self.address:
                 ray.init(address=self.address, **kwargs)

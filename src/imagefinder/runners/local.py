@@ -1,0 +1,102 @@
+"""The local runner: the ingest stages on a thread pool in this process (the default).
+
+Downloads and JPEG decoding release the GIL, so they proceed while onnxruntime runs the
+previous batch on all cores; at most a few batches of items are in flight, so memory stays
+flat on a million items.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from ..embed import Embedder
+from ..ingest.download import DownloadConfig, Downloader
+from ..ingest.sources import Item
+from ..ingest.stages import Loaded, load_item
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class LocalRunner:
+    """Threads in this process: the default."""
+
+    workers: int | None = None
+
+    def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
+            batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray:
+        has_urls = any(i.is_url for i in items)
+        downloader = Downloader(download) if has_urls else None
+        try:
+            return run_local(items, embedder, downloader, batch_size, local_workers(download, has_urls, self.workers),
+                             on_loaded, progress, first_id)
+        finally:
+            if downloader is not None:
+                downloader.close()
+
+
+def local_workers(download: DownloadConfig, has_urls: bool, workers: int | None) -> int:
+    """Downloads wait on the network, decoding on the CPU: size the pool for whichever dominates."""
+    return workers or (download.workers if has_urls else max(4, (os.cpu_count() or 2) * 2))
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], executor: Executor, ahead: int) -> Iterator[R]:
+    """executor.map that keeps at most `ahead` tasks in flight (bounded memory on 1M items)."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(executor.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:  # a consumer that stops early leaves no queued work behind
+            future.cancel()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_local(
+    items: Sequence[Item], embedder: Embedder, downloader: Downloader | None,
+    batch_size: int, workers: int, on_loaded: Callable[[Loaded], None], progress: bool, first_id: int = 0,
+) -> np.ndarray:
+    """Embed every item as ids first_id..; returns (len(items), dim) raw features, zero rows for failures."""
+    embeddings = np.zeros((len(items), embedder.dim), np.float32)
+    bar = tqdm(total=len(items), unit="img", desc="indexing", disable=not progress, smoothing=0.1)
+    failed = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load") as pool:
+        loaded = ordered_map(lambda pair: load_item(pair[0], pair[1], embedder, downloader),
+                             enumerate(items, first_id), pool, ahead=max(4 * batch_size, 2 * workers))
+        for batch in batched(loaded, batch_size):
+            good = [x for x in batch if x.prepared is not None]
+            if good:
+                vectors = embedder.embed_prepared([x.prepared for x in good if x.prepared is not None])
+                embeddings[[x.record.id - first_id for x in good]] = vectors
+                for x, vector in zip(good, vectors):
+                    x.vector = vector
+            for x in batch:
+                on_loaded(x)
+            failed += len(batch) - len(good)
+            bar.update(len(batch))
+            bar.set_postfix(failed=failed, refresh=False)
+    bar.close()
+    return embeddings
