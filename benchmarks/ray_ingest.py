@@ -35,7 +35,7 @@ DEFAULT_DATA = Path("/work/shared/data/ukbench1000")
 def contents(path: Path) -> tuple[dict, np.ndarray]:
     f = ImageFinder(path)
     try:
-        n = f.manifest["rows"]
+        n = f.manifest.rows
         rows = f.store.records(list(range(n)))
         return {i: (r["source"], r["status"]) for i, r in rows.items()}, np.asarray(f.store.embeddings, np.float32)
     finally:

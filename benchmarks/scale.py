@@ -44,17 +44,10 @@ import faiss
 import numpy as np
 import psutil
 
-from imagefinder.index import (
-    EXACT_LIMIT,
-    IndexConfig,
-    Record,
-    auto_clusters,
-    build_vectors,
-    commit_update,
-    searcher,
-    set_search_params,
-    writer_lock,
-)
+from imagefinder.index import IndexConfig, Record, build_vectors, commit_update, writer_lock
+from imagefinder.index.faiss_ops import set_search_params
+from imagefinder.index.searcher import searcher
+from imagefinder.index.spec import EXACT_LIMIT, auto_clusters
 from imagefinder.pipeline import build_index, index_features, rebuild_index
 
 UKBENCH = Path("/work/shared/data/ukbench1000")
@@ -255,7 +248,7 @@ def run_config(name: str, db: np.ndarray, queries: np.ndarray, truth: np.ndarray
     mapped = faiss.read_index(str(file), faiss.IO_FLAG_MMAP_IFC)
     mmap_s = time.perf_counter() - t0
     del mapped
-    set_search_params(index, fields)
+    set_search_params(index, fields.get("nprobe"), fields.get("ef_search"))
     rows = []
     variants = [("", fields.get("rerank"))]
     if fields.get("rerank"):

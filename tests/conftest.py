@@ -197,7 +197,7 @@ def rows_by_source(index: Path) -> dict[str, dict]:
 
     store = Store(index)
     try:
-        rows = store.records(list(range(store.manifest["counts"]["items"])))
+        rows = store.records(list(range(store.manifest.counts.items)))
     finally:
         store.close()
     return {row["source"]: row for row in rows.values()}

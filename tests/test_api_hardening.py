@@ -316,7 +316,7 @@ def test_a_slow_refresh_never_brings_back_an_older_generation(small_index, tmp_p
     delete.join(SOCKET_TIMEOUT)
     refresh.join(SOCKET_TIMEOUT)
     assert not delete.is_alive() and not refresh.is_alive()
-    assert service.finder.store.generation == read_manifest(index)["generation"], "an older generation came back"
+    assert service.finder.store.generation == read_manifest(index).generation, "an older generation came back"
     for gone in (1, 2):
         with pytest.raises(KeyError):
             service.finder.search_id(gone)

@@ -385,8 +385,8 @@ def _check_api_index(index: Path, ledger: ApiLedger, pool: dict[str, bytes]) -> 
     store = Store(index)
     try:
         actual = {i: s for s, i in store.ids_by_source().items()}
-        counts = store.manifest["counts"]
-        assert counts["indexed"] == len(actual) == store.ntotal, "counts, id table and vectors agree"
+        counts = store.manifest.counts
+        assert counts.indexed == len(actual) == store.ntotal, "counts, id table and vectors agree"
     finally:
         store.close()
     extra, missing = set(actual) - set(ledger.live), set(ledger.live) - set(actual)

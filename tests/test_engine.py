@@ -131,32 +131,32 @@ def test_manifest_records_model_weights_spec_counts_versions(small_index) -> Non
     m = Store(small_index.path).manifest
     for key in ("format_version", "model", "members", "embedding_dim", "index_spec", "config", "counts",
                 "versions", "created_at", "clusters", "member_slices", "failure_reasons"):
-        assert key in m, key
-    assert m["model"] == "efficientnet-lite0" and m["embedding_dim"] == 1280
-    assert m["index_spec"] == "Flat" and m["config"]["pca"] is None and m["config"]["clusters"] is None
-    assert m["counts"]["items"] == 40 and m["counts"]["indexed"] == 40 and m["counts"]["failed"] == 0
-    assert m["failure_reasons"] == {}
-    [member] = m["members"]
+        assert key in m.to_dict(), key
+    assert m.model == "efficientnet-lite0" and m.embedding_dim == 1280
+    assert m.index_spec == "Flat" and m.config.pca is None and m.config.clusters is None
+    assert m.counts.items == 40 and m.counts.indexed == 40 and m.counts.failed == 0
+    assert m.failure_reasons == {}
+    [member] = m.members
     assert member["name"] == "efficientnet-lite0" and member["dim"] == 1280
     weights = get_backbone("efficientnet-lite0").locate_weights()
     assert member["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert member["preprocess"]["size"] == 224
-    assert m["member_slices"] == [[0, 1280]]
-    assert m["versions"]["imagefinder"] == imagefinder.__version__
-    assert {"numpy", "faiss-cpu", "onnxruntime", "pillow"} <= set(m["versions"])
-    created = dt.datetime.fromisoformat(m["created_at"])
+    assert m.member_slices == [[0, 1280]]
+    assert m.versions["imagefinder"] == imagefinder.__version__
+    assert {"numpy", "faiss-cpu", "onnxruntime", "pillow"} <= set(m.versions)
+    created = dt.datetime.fromisoformat(m.created_at)
     assert created.tzinfo is not None
-    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 3600
+    assert abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 3600
 
 
 def test_flat_index_gets_kmeans_clusters_for_every_image(small_index) -> None:
     store = Store(small_index.path)
     try:
         m = store.manifest
-        assert m["cluster_source"] == "kmeans" and m["clusters"] == int(math.sqrt(40))
+        assert m.cluster_source == "kmeans" and m.clusters == int(math.sqrt(40))
         rows = store.records(list(range(40)))
         labels = [rows[i]["cluster"] for i in range(40)]
-        assert all(isinstance(c, int) and 0 <= c < m["clusters"] for c in labels)
+        assert all(isinstance(c, int) and 0 <= c < m.clusters for c in labels)
         assert len(set(labels)) >= 3, "40 images of 10 objects should not collapse into one or two clusters"
         # members of one UKBench group mostly share a cluster
         same = sum(len({labels[i] for i in range(g * 4, g * 4 + 4)}) == 1 for g in range(10))
@@ -242,15 +242,15 @@ def test_ensemble_manifest_and_member_normalised_features(ensemble_index: Path) 
     store = Store(ensemble_index)
     try:
         m = store.manifest
-        assert m["model"] == ENSEMBLE
-        assert [x["name"] for x in m["members"]] == ["efficientnet-lite0", "resnet50-thin"]
-        assert all(len(x["weights_sha256"]) == 64 for x in m["members"])
-        assert m["members"][0]["weights_sha256"] != m["members"][1]["weights_sha256"]
-        assert m["embedding_dim"] == 1280 + 1024
-        assert m["member_slices"] == [[0, 1280], [1280, 2304]]
+        assert m.model == ENSEMBLE
+        assert [x["name"] for x in m.members] == ["efficientnet-lite0", "resnet50-thin"]
+        assert all(len(x["weights_sha256"]) == 64 for x in m.members)
+        assert m.members[0]["weights_sha256"] != m.members[1]["weights_sha256"]
+        assert m.embedding_dim == 1280 + 1024
+        assert m.member_slices == [[0, 1280], [1280, 2304]]
         emb = np.asarray(store.embeddings, np.float32)
         assert emb.shape == (12, 2304)
-        for start, stop in m["member_slices"]:
+        for start, stop in m.member_slices:
             assert np.allclose(np.linalg.norm(emb[:, start:stop], axis=1), 1.0, atol=2e-3)
     finally:
         store.close()
@@ -280,11 +280,11 @@ def test_pca_whiten_spec_is_recorded_and_clusters_stored(twelve: Path, embedder,
     f = ImageFinder(tmp_path / "pca")
     try:
         m = f.manifest
-        assert m["index_spec"] == "PCAW8,L2norm,Flat"
-        assert m["config"]["pca"] == 8 and m["config"]["whiten"] is True
-        assert m["cluster_source"] == "kmeans" and m["clusters"] == int(math.sqrt(12))
+        assert m.index_spec == "PCAW8,L2norm,Flat"
+        assert m.config.pca == 8 and m.config.whiten is True
+        assert m.cluster_source == "kmeans" and m.clusters == int(math.sqrt(12))
         rows = f.store.records(list(range(12)))
-        assert all(0 <= rows[i]["cluster"] < m["clusters"] for i in range(12))
+        assert all(0 <= rows[i]["cluster"] < m.clusters for i in range(12))
         assert f.store.index.d == 1280, "the index takes raw 1280-d features and reduces them itself"
         results = f.search_id(5, k=12)
         assert results[0].id == 5 and results[0].score == pytest.approx(1.0, abs=1e-3)
@@ -304,8 +304,8 @@ def test_ivf_clusters_spec_is_recorded_and_each_image_has_its_list(twelve: Path,
     f = ImageFinder(tmp_path / "ivf")
     try:
         m = f.manifest
-        assert m["index_spec"] == "IVF4,Flat" and m["config"]["clusters"] == 4
-        assert m["cluster_source"] == "ivf" and m["clusters"] == 4 and m["nprobe"] == 4
+        assert m.index_spec == "IVF4,Flat" and m.config.clusters == 4
+        assert m.cluster_source == "ivf" and m.clusters == 4 and m.nprobe == 4
         rows = f.store.records(list(range(12)))
         labels = [rows[i]["cluster"] for i in range(12)]
         assert all(0 <= c < 4 for c in labels) and len(set(labels)) >= 2
@@ -322,8 +322,8 @@ def test_pca_and_ivf_together(twelve: Path, embedder, tmp_path: Path) -> None:
     f = ImageFinder(tmp_path / "both")
     try:
         m = f.manifest
-        assert m["cluster_source"] == "ivf" and m["clusters"] == 3
-        assert m["config"]["pca"] == 8 and m["config"]["whiten"] is False and m["config"]["clusters"] == 3
+        assert m.cluster_source == "ivf" and m.clusters == 3
+        assert m.config.pca == 8 and m.config.whiten is False and m.config.clusters == 3
         rows = f.store.records(list(range(12)))
         assert all(0 <= rows[i]["cluster"] < 3 for i in range(12))
         results = f.search_id(7, k=4)

@@ -154,8 +154,8 @@ def test_tuned_model_directory_works_as_a_model_name(runs: dict, images: Path, t
     # fine_tune rebuilt the index of the training images with the tuned model
     finder = ImageFinder(runs["contrastive"].out / "index")
     try:
-        assert finder.manifest["model"] == str(model_dir.resolve())
-        assert finder.manifest["members"][0]["name"] == "tuned-efficientnet-lite0-contrastive"
+        assert finder.manifest.model == str(model_dir.resolve())
+        assert finder.manifest.members[0]["name"] == "tuned-efficientnet-lite0-contrastive"
         query = str((images / "ukbench00005.jpg").resolve())
         assert finder.search(query, k=3)[0].source == query
     finally:

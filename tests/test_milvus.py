@@ -41,10 +41,10 @@ def _same_up_to_ties(a: list, b: list, tol: float = 1e-5) -> bool:
 
 def test_manifest_names_the_collection_and_no_faiss_file_is_written(milvus_index: Path) -> None:
     m = read_manifest(milvus_index)
-    store = m["store"]
+    store = m.store
     assert store["kind"] == "milvus" and store["uri"].endswith("vectors.db") and store["index_type"] == "FLAT"
     assert store["collection"].startswith("imagefinder_") and store["dim"] == 1280
-    assert m["index_spec"] == "Flat" and m["counts"]["indexed"] == 40
+    assert m.index_spec == "Flat" and m.counts.indexed == 40
     assert not list(milvus_index.glob("vectors.*.faiss"))
     assert (milvus_index / "embeddings.f16").is_file() and len(list((milvus_index / "thumbs").iterdir())) == 40
 
@@ -103,8 +103,8 @@ def assert_add_and_remove(milvus_index: Path, ukbench_dir: Path, embedder, tmp_p
 
 def test_uncommitted_inserts_are_invisible_and_recover_deletes_them(milvus_index: Path) -> None:
     m = read_manifest(milvus_index)
-    rows = int(m["rows"])
-    vs = open_vector_store(m["store"])
+    rows = int(m.rows)
+    vs = open_vector_store(m.store)
     stray = np.random.default_rng(0).random((3, 1280)).astype(np.float32)
     stray /= np.linalg.norm(stray, axis=1, keepdims=True)
     vs.insert(np.arange(rows, rows + 3), stray)  # as if a crash came before the manifest commit
@@ -114,7 +114,7 @@ def test_uncommitted_inserts_are_invisible_and_recover_deletes_them(milvus_index
     finally:
         f.close()
     recover(milvus_index, m)
-    _, ids = open_vector_store(m["store"]).search(stray, 3)
+    _, ids = open_vector_store(m.store).search(stray, 3)
     assert not set(ids.ravel()) & {rows, rows + 1, rows + 2}
 
 

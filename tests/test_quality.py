@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from imagefinder.embed import Embedder, l2_normalize
+from imagefinder.index import Manifest
 from imagefinder.ingest.decode import open_image
 from imagefinder.models import ModelUnavailable, parse_model_spec, registry
 from imagefinder.pooling import DEFAULT_SCALES, Pooling, parse_member, pool_map, power_normalize
@@ -80,12 +81,13 @@ def test_default_pooling_is_recorded_and_old_indexes_keep_average_pooling(ukbenc
     assert embedder.info()[0].pooling == {"method": "gem", "p": 2.0, "scales": [1.0], "power": None}
     assert Embedder("efficientnet-lite0@ms").specs[0].pooling == Pooling("gem", 2.0, DEFAULT_SCALES)
     # a manifest without recorded pooling was built with average pooling: queries must match it
-    legacy = {"model": "efficientnet-lite0", "members": [{"name": "efficientnet-lite0", "dim": 1280}]}
+    legacy = Manifest.from_dict({"format_version": 1, "model": "efficientnet-lite0", "embedding_dim": 1280,
+                                 "index_spec": "Flat", "members": [{"name": "efficientnet-lite0", "dim": 1280}]})
     assert Embedder.for_manifest(legacy).specs[0].pooling == Pooling("avg")
     images = _images(ukbench_dir, 1)
     np.testing.assert_allclose(Embedder.for_manifest(legacy).embed_images(images),
                                Embedder("efficientnet-lite0@avg").embed_images(images), atol=1e-6)
-    recorded = {"model": "efficientnet-lite0", "members": [{"pooling": Pooling("max").to_dict()}]}
+    recorded = legacy.replace(members=[{"pooling": Pooling("max").to_dict()}])
     assert Embedder.for_manifest(recorded).specs[0].pooling == Pooling("max")
 
 
@@ -110,8 +112,8 @@ def test_index_records_pooling_and_queries_use_it(ukbench_dir: Path, tmp_path: P
     spec = "efficientnet-lite0@gem3,ms1_0.707"
     report = build_index([str(folder)], tmp_path / "index", IndexConfig(model=spec), workers=2)
     finder = ImageFinder(report.path)
-    assert finder.manifest["model"] == spec
-    assert finder.manifest["members"][0]["pooling"] == {"method": "gem", "p": 3.0, "scales": [1.0, 0.707],
+    assert finder.manifest.model == spec
+    assert finder.manifest.members[0]["pooling"] == {"method": "gem", "p": 3.0, "scales": [1.0, 0.707],
                                                         "power": None}
     top = finder.search(str(folder / "ukbench00005.jpg"), k=2)
     assert Path(top[0].source).name == "ukbench00005.jpg" and top[0].score > 0.999

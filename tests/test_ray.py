@@ -109,7 +109,7 @@ def test_ray_and_local_runners_give_the_same_index(local_ray: str, images: Path,
     assert rows_l == rows_r, "same ids, sources, statuses, sizes and hashes"
     assert rows_r[N][1] == "failed" and "broken" in rows_r[N][0]
     assert np.allclose(emb_l, emb_r, atol=1e-3)
-    assert man_l["index_spec"] == man_r["index_spec"] == "Flat"
+    assert man_l.index_spec == man_r.index_spec == "Flat"
     assert {p.name for p in (tmp_path / "ray" / "thumbs").iterdir()} == {f"{i}.jpg" for i in range(N)}
 
 

@@ -16,19 +16,12 @@ import faiss
 import numpy as np
 import pytest
 
-import imagefinder.index as index_mod
+import imagefinder.index.spec as spec_mod
 from imagefinder import ImageFinder
-from imagefinder.index import (
-    IndexConfig,
-    Record,
-    RerankIndex,
-    Store,
-    choose_spec,
-    commit_update,
-    drift_report,
-    read_manifest,
-    writer_lock,
-)
+from imagefinder.index import IndexConfig, Record, Store, commit_update, drift_report, read_manifest, writer_lock
+from imagefinder.index.faiss_ops import hnsw_of, ivf_of, pca_of
+from imagefinder.index.searcher import RerankIndex
+from imagefinder.index.spec import choose_spec, is_lossy, rerank_space, spec_metric
 from imagefinder.pipeline import index_features, rebuild_index, remove_from_index
 
 DIM = 64
@@ -63,7 +56,7 @@ def pq_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray
     features = clustered(6000)
     out = tmp_path_factory.mktemp("pq") / "index"
     mp = pytest.MonkeyPatch()
-    mp.setattr(index_mod, "EXACT_LIMIT", 5000)
+    mp.setattr(spec_mod, "EXACT_LIMIT", 5000)
     try:
         report = index_features(out, features)
     finally:
@@ -88,13 +81,13 @@ def test_index_is_chosen_by_size_and_config() -> None:
 
 def test_metric_and_rerank_space_follow_the_spec() -> None:
     # a PCA without L2norm is compression: L2 on centred vectors, exact cosine on the input restored
-    assert index_mod.spec_metric("PCA256,IVF64,PQ32np") == faiss.METRIC_L2
-    assert index_mod.rerank_space("PCA256,IVF64,PQ32np") == "input"
+    assert spec_metric("PCA256,IVF64,PQ32np") == faiss.METRIC_L2
+    assert rerank_space("PCA256,IVF64,PQ32np") == "input"
     # a chain ending in L2norm defines the cosine space (the --pca option)
-    assert index_mod.spec_metric("PCAW64,L2norm,IVF8,Flat") == faiss.METRIC_INNER_PRODUCT
-    assert index_mod.rerank_space("PCAW64,L2norm,IVF8,PQ8") == "index"
-    assert index_mod.is_lossy("IVF8,PQ8np") and index_mod.is_lossy("PCA32,HNSW16")
-    assert not index_mod.is_lossy("IVF8,Flat") and not index_mod.is_lossy("HNSW32")
+    assert spec_metric("PCAW64,L2norm,IVF8,Flat") == faiss.METRIC_INNER_PRODUCT
+    assert rerank_space("PCAW64,L2norm,IVF8,PQ8") == "index"
+    assert is_lossy("IVF8,PQ8np") and is_lossy("PCA32,HNSW16")
+    assert not is_lossy("IVF8,Flat") and not is_lossy("HNSW32")
 
 
 # --- tuned, re-ranked, memory-mapped --------------------------------------------------------------
@@ -103,14 +96,14 @@ def test_metric_and_rerank_space_follow_the_spec() -> None:
 def test_big_index_records_spec_tuned_nprobe_and_measured_recall(pq_index) -> None:
     path, _ = pq_index
     m = read_manifest(path)
-    assert m["index_spec"] == "IVF309,PQ8np"
-    assert m["metric"] == "ip" and m["rerank"] >= 100, "no PCA in front: inner product on unit vectors"
-    t = m["tuning"]
-    assert t["param"] == "nprobe" and t["value"] == m["nprobe"] and 1 <= m["nprobe"] <= 309
+    assert m.index_spec == "IVF309,PQ8np"
+    assert m.metric == "ip" and m.rerank >= 100, "no PCA in front: inner product on unit vectors"
+    t = m.tuning
+    assert t["param"] == "nprobe" and t["value"] == m.nprobe and 1 <= m.nprobe <= 309
     assert t["recall_at_10"] >= t["target_recall"] == 0.95
-    assert t["queries"] == 500 and t["curve"][-1][1] == m["nprobe"]
-    assert m["training"]["rows"] == 6000 and m["training"]["ivf_cv"] is not None
-    assert m["cluster_source"] == "ivf" and m["clusters"] == 309
+    assert t["queries"] == 500 and t["curve"][-1][1] == m.nprobe
+    assert m.training["rows"] == 6000 and m.training["ivf_cv"] is not None
+    assert m.cluster_source == "ivf" and m.clusters == 309
 
 
 def test_reranked_search_meets_recall_on_new_queries_with_exact_scores(pq_index) -> None:
@@ -151,7 +144,7 @@ def test_memory_mapped_store_gives_the_same_results(pq_index) -> None:
 
 def _add(path: Path, vectors: np.ndarray) -> list[int]:
     with writer_lock(path):
-        rows = int(read_manifest(path)["rows"])
+        rows = int(read_manifest(path).rows)
         records = [Record(id=rows + i, source=f"new:{rows + i}") for i in range(len(vectors))]
         commit_update(path, records, vectors, [])
     return [r.id for r in records]
@@ -160,8 +153,8 @@ def _add(path: Path, vectors: np.ndarray) -> list[int]:
 def _pca_and_centroids(path: Path) -> tuple[np.ndarray, np.ndarray]:
     store = Store(path, mmap=False)
     try:
-        ivf = index_mod.ivf_of(store.faiss)
-        pca = index_mod._pca_of(store.faiss)
+        ivf = ivf_of(store.faiss)
+        pca = pca_of(store.faiss)
         matrix = faiss.vector_to_array(pca.A) if pca is not None else np.zeros(0)
         return matrix, ivf.quantizer.reconstruct_n(0, ivf.nlist)
     finally:
@@ -179,7 +172,7 @@ def test_add_reuses_pca_and_quantiser_and_ids_are_stable(tmp_path: Path) -> None
     pca_after, centroids_after = _pca_and_centroids(path)
     assert np.array_equal(pca_before, pca_after) and np.array_equal(centroids_before, centroids_after)
     m = read_manifest(path)
-    assert m["generation"] == 1 and m["counts"]["indexed"] == 3300 and m["rows"] == 3300
+    assert m.generation == 1 and m.counts.indexed == 3300 and m.rows == 3300
     f = ImageFinder(path)
     try:
         assert [f.search_vectors(new[i:i + 1], k=1)[0][0].id for i in (0, 150, 299)] == [3000, 3150, 3299]
@@ -203,12 +196,12 @@ def test_hnsw_is_tuned_and_remove_rebuilds_its_graph(tmp_path: Path) -> None:
     path = tmp_path / "hnsw"
     index_features(path, features, IndexConfig(spec="HNSW16"))
     m = read_manifest(path)
-    assert m["tuning"]["param"] == "ef_search" and m["ef_search"] == m["tuning"]["value"]
-    assert m["tuning"]["recall_at_10"] >= 0.95 and m["rerank"] is None
+    assert m.tuning["param"] == "ef_search" and m.ef_search == m.tuning["value"]
+    assert m.tuning["recall_at_10"] >= 0.95 and m.rerank is None
     assert remove_from_index(path, [10, 11, 12]) == 3
     f = ImageFinder(path)
     try:
-        assert index_mod.hnsw_of(f.store.faiss).hnsw.efSearch == m["ef_search"], "tuned efSearch survives updates"
+        assert hnsw_of(f.store.faiss).hnsw.efSearch == m.ef_search, "tuned efSearch survives updates"
         assert f.store.ntotal == 2497
         for i in (10, 11, 12):
             assert i not in {r.id for r in f.search_vectors(features[i:i + 1], k=10)[0]}
@@ -244,7 +237,7 @@ def test_drift_is_reported_and_rebuild_retrains_without_changing_ids(tmp_path: P
         after = drift_report(store)
         assert not after["rebuild_recommended"] and after["added_since_training"] == 0
         assert {i: r["source"] for i, r in store.records(list(range(0, 4500, 97))).items()} == before
-        assert not read_manifest(path).get("labels_stale")
+        assert not read_manifest(path).labels_stale
         assert sorted(p.name for p in path.glob("vectors.*.faiss")) == ["vectors.2.faiss"]
     finally:
         store.close()
@@ -256,11 +249,11 @@ def test_drift_is_reported_and_rebuild_retrains_without_changing_ids(tmp_path: P
 
 
 def test_a_flat_index_grown_past_the_limit_is_rebuilt_as_ivf_pq(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(index_mod, "EXACT_LIMIT", 3000)
+    monkeypatch.setattr(spec_mod, "EXACT_LIMIT", 3000)
     path = tmp_path / "index"
     features = clustered(4000, seed=8)
     index_features(path, features[:2000])
-    assert read_manifest(path)["index_spec"] == "Flat"
+    assert read_manifest(path).index_spec == "Flat"
     _add(path, features[2000:])
     store = Store(path)
     report = drift_report(store)
@@ -269,7 +262,7 @@ def test_a_flat_index_grown_past_the_limit_is_rebuilt_as_ivf_pq(tmp_path: Path, 
     result = rebuild_index(path)
     assert result["previous"]["index_spec"] == "Flat" and result["index_spec"] == "IVF252,PQ8np"
     m = read_manifest(path)
-    assert m["rerank"] and m["tuning"]["recall_at_10"] >= 0.95
+    assert m.rerank and m.tuning["recall_at_10"] >= 0.95
     f = ImageFinder(path)
     try:
         truth = exact_top(features, features[:50], 10)
@@ -286,14 +279,13 @@ def test_an_interrupted_rebuild_finishes_its_labels_on_the_next_update(tmp_path:
     with con:
         con.execute("UPDATE items SET cluster = -1")  # as if the crash came before the labels were written
     con.close()
-    m = read_manifest(path)
-    m["labels_stale"] = True
-    (path / "manifest.json").write_text(json.dumps(m))
+    m = read_manifest(path).replace(labels_stale=True)
+    (path / "manifest.json").write_text(m.to_json())
     assert remove_from_index(path, [0]) == 1  # any writer recovers first
     con = sqlite3.connect(path / "items.sqlite")
     labels = [r[0] for r in con.execute("SELECT cluster FROM items")]
     con.close()
-    assert min(labels) >= 0 and not read_manifest(path).get("labels_stale")
+    assert min(labels) >= 0 and not read_manifest(path).labels_stale
 
 
 def test_cli_rebuild_check_and_info_report_drift(tmp_path: Path, cli) -> None:

@@ -273,7 +273,7 @@ def find_duplicates(store: Store, near: float | None = None, similar: float | No
     """
     if verify is None:
         verify = near is None and pixel_check_available()
-    near, similar = thresholds_for(store.manifest["model"], near, similar)
+    near, similar = thresholds_for(store.manifest.model, near, similar)
     ids = sorted(store.ids_by_source().values())
     records = store.records(ids) if ids else {}
     source = {i: r["source"] for i, r in records.items()}
@@ -319,7 +319,7 @@ def find_duplicates(store: Store, near: float | None = None, similar: float | No
             start = groups
     result: dict = {"thresholds": {"near": near, "similar": similar, "neighbours": neighbours,
                                    "near_by": f"pixel check NCC >= {ncc}" if verify else f"cosine >= {near}"},
-                    "model": store.manifest["model"]}
+                    "model": store.manifest.model}
     seen: set[tuple[int, ...]] = set()
     for tier in TIERS:
         if tier not in tiers:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,16 @@ from .ingest.decode import to_array
 from .models import OnnxModel, get_backbone
 from .models.registry import parse_members
 from .pooling import MemberSpec, Pooling, power_normalize
+
+
+class RecordedModel(Protocol):
+    """What `Embedder.for_manifest` reads of an `index.Manifest` (index imports embed: no import back)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def members(self) -> list[dict[str, Any]]: ...
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -54,15 +65,15 @@ class Embedder:
         self.specs = [MemberSpec(spec.name, pooling, spec.weight, True) for spec, pooling in zip(specs, poolings)]
 
     @classmethod
-    def for_manifest(cls, manifest: dict, threads: int | None = None) -> Embedder:
+    def for_manifest(cls, manifest: RecordedModel, threads: int | None = None) -> Embedder:
         """The embedder an index was built with: its model spec and the pooling recorded per member.
 
-        Indexes written before pooling was recorded used average pooling; a changed default
-        pooling therefore never changes how an existing index is queried or extended.
+        Every member of a manifest records its pooling (older manifests get theirs by migration,
+        see index/manifest.py), so a changed default pooling never changes how an existing
+        index is queried or extended.
         """
-        members = manifest.get("members") or []
-        poolings = [Pooling.from_dict(m["pooling"]) if m.get("pooling") else Pooling() for m in members]
-        return cls(manifest["model"], threads, poolings if members else None)
+        poolings = [Pooling.from_dict(m["pooling"]) for m in manifest.members]
+        return cls(manifest.model, threads, poolings or None)
 
     @property
     def dim(self) -> int:

@@ -146,7 +146,7 @@ def _space(finder: ImageFinder, options: SearchOptions) -> SearchSpace:
     space = finder.space()
     if not options.dba:
         return space
-    spec = finder.manifest["index_spec"]
+    spec = finder.manifest.index_spec
     if spec != "Flat":
         raise SourceError(f"--dba needs an exact index without PCA (index spec 'Flat'), not {spec!r}")
     ids = np.array(sorted(finder.store.ids_by_source().values()), np.int64)
@@ -154,7 +154,7 @@ def _space(finder: ImageFinder, options: SearchOptions) -> SearchSpace:
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(augmented.shape[1]))
     index.add_with_ids(augmented, ids)
     # QE and the raw-feature metrics read `embeddings`: give them the augmented vectors too.
-    embeddings = np.zeros((int(finder.manifest["rows"]), augmented.shape[1]), np.float32)
+    embeddings = np.zeros((finder.manifest.rows, augmented.shape[1]), np.float32)
     embeddings[ids] = augmented
     return SearchSpace(index, embeddings, space.members, True, space.weights)
 

@@ -13,17 +13,21 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from .embed import Embedder
-from .index import Store, is_exact, read_manifest
+from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .ingest.decode import ImageError, open_image
 from .ingest.download import fetch
 from .ingest.sources import is_url
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
 from .search import Hit, SearchSpace, search
+
+if TYPE_CHECKING:
+    from .rerank import SpatialReranker
 
 
 @dataclass
@@ -50,13 +54,13 @@ class ImageFinder:
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
         self._embedder: Embedder | None = None
-        self._reranker = None
+        self._reranker: SpatialReranker | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._reload_lock = threading.Lock()
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         return self.store.manifest
 
     def reload(self) -> None:
@@ -69,7 +73,7 @@ class ImageFinder:
         old.close_later()
 
     def reload_if_changed(self) -> bool:
-        if read_manifest(self.path).get("generation", 0) != self.store.generation:
+        if read_manifest(self.path).generation != self.store.generation:
             self.reload()
             return True
         return False
@@ -101,9 +105,11 @@ class ImageFinder:
     def space(self, store: Store | None = None) -> SearchSpace:
         store = store or self.store
         m = store.manifest
-        weights = [float(x.get("weight", 1.0)) for x in m.get("members", [])] or None
-        return SearchSpace(store.index, store.embeddings, [tuple(s) for s in m.get("member_slices", [])],
-                           is_exact(m["index_spec"]), weights)
+        if store.index is None:
+            raise IndexError_(f"{store.path}: no indexed images to search")
+        weights = [float(x.get("weight", 1.0)) for x in m.members] or None
+        slices = [(int(a), int(b)) for a, b in m.member_slices]
+        return SearchSpace(store.index, store.embeddings, slices, is_exact(m.index_spec), weights)
 
     def reranker(self, **options):
         """The spatial re-ranker of this index (local features cached in INDEX/local/), made once."""
@@ -195,16 +201,16 @@ class ImageFinder:
         failed = self.store.failures(None)  # every failure, builds and adds alike, counted by reason
         return {
             "path": str(self.path),
-            "model": m["model"],
-            "index_spec": m["index_spec"],
-            "embedding_dim": m["embedding_dim"],
-            "clusters": m.get("clusters"),
-            "nprobe": m.get("nprobe"),
-            "counts": m["counts"],
+            "model": m.model,
+            "index_spec": m.index_spec,
+            "embedding_dim": m.embedding_dim,
+            "clusters": m.clusters,
+            "nprobe": m.nprobe,
+            "counts": asdict(m.counts),
             "failure_reasons": failure_reasons(r["error"] for r in failed),
             "failures": [{"id": r["id"], "source": r["source"], "error": r["error"]} for r in failed[:failures]],
-            "created_at": m["created_at"],
-            "versions": m.get("versions", {}),
+            "created_at": m.created_at,
+            "versions": m.versions,
         }
 
     def close(self) -> None:

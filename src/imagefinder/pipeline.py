@@ -24,6 +24,7 @@ from .embed import Embedder
 from .index import (
     THUMBS,
     ArtifactWriter,
+    Counts,
     IndexConfig,
     IndexError_,
     Record,
@@ -182,14 +183,14 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
             store.close()
             items = [i for i in items if i.source not in known]
         embedder = embedder or Embedder.for_manifest(manifest)
-        if embedder.model != manifest["model"]:
-            raise IndexError_(f"{path} was built with {manifest['model']}, not {embedder.model}")
+        if embedder.model != manifest.model:
+            raise IndexError_(f"{path} was built with {manifest.model}, not {embedder.model}")
         with resume_journal(path / ADD_JOURNAL, embedder) as journal:
-            records, raw, resumed = embed_items(items, int(manifest["rows"]), embedder, path / THUMBS,
+            records, raw, resumed = embed_items(items, manifest.rows, embedder, path / THUMBS,
                                                 batch_size=batch_size, progress=progress, download=download,
                                                 runner=runner, journal=journal)
             manifest = commit_update(path, records, raw, [])
-    report = _report(path, records, manifest["index_spec"], time.perf_counter() - start)
+    report = _report(path, records, manifest.index_spec, time.perf_counter() - start)
     report.resumed = resumed
     return report
 
@@ -204,7 +205,7 @@ def remove_from_index(path: Path | str, ids: Sequence[int]) -> int:
         live = [i for i, r in store.records(list(ids)).items() if r["status"] == "ok"]
         store.close()
         if live:
-            commit_update(path, [], np.zeros((0, int(manifest["embedding_dim"])), np.float32), live)
+            commit_update(path, [], np.zeros((0, manifest.embedding_dim), np.float32), live)
     return len(live)
 
 
@@ -236,10 +237,11 @@ def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarr
         for rid, label in zip(ok, built.clusters.labels):
             records[rid].cluster = int(label)
     report = _report(writer.out_dir, records, built.spec, time.perf_counter() - start)
-    counts = {"items": report.items, "indexed": report.indexed, "failed": report.failed, "removed": 0}
+    counts = Counts(items=report.items, indexed=report.indexed, failed=report.failed)
     extra["build_seconds"] = round(report.seconds, 3)
     manifest = make_manifest(config, members, built.spec, dim, counts,
-                             {**extra, "member_slices": member_slices, "failure_reasons": report.failure_reasons})
+                             {**extra, "member_slices": [list(s) for s in member_slices],
+                              "failure_reasons": report.failure_reasons})
     try:
         writer.commit(records, raw, built.index, manifest, built.clusters.centroids if built.clusters else None)
     except BaseException:

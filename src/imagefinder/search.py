@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from .embed import l2_normalize
+from .index import VectorIndex
 
 METRICS = ("cosine", "euclidean", "vote", "fusion")
 RRF_K = 60
@@ -43,9 +44,9 @@ class Hit:
 
 @dataclass
 class SearchSpace:
-    """What ranking needs from an index: FAISS, raw features by id, ensemble member columns."""
+    """What ranking needs from an index: a vector index, raw features by id, ensemble member columns."""
 
-    index: faiss.Index
+    index: VectorIndex  # FAISS (through index.searcher), Milvus, or a bare faiss.Index
     embeddings: np.ndarray  # (rows, dim) raw features, row = id
     members: list[tuple[int, int]]
     exact: bool

@@ -78,16 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """ImageFinderError, and the input errors of the modules that do not derive from it yet.
-
-    Transitional (issue 11): once sources.py, images.py and index.py are restructured with their
-    errors derived from ImageFinderError, this is `ImageFinderError` alone.
-    """
+    """ImageFinderError, and IndexError_ until index.py (restructured in issue 11) derives it from ImageFinderError."""
     from ..index import IndexError_
-    from ..ingest.decode import ImageError
-    from ..ingest.sources import SourceError
 
-    return ImageFinderError, SourceError, ImageError, IndexError_
+    return ImageFinderError, IndexError_
 
 
 def _command_in(argv: list[str]) -> str | None:

@@ -74,7 +74,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"model      {info['model']}  ({info['embedding_dim']}-d)")
     print(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
     print(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
-    _print_search(finder.manifest)
+    _print_search(finder.manifest.to_dict())
     for reason, n in info["failure_reasons"].items():
         print(f"  {n:>6} x {reason}")
     for f in info["failures"]:

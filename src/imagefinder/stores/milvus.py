@@ -20,8 +20,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from . import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ BOUNDED_LAG_S = 6.0
 _last_write: dict[tuple[str, str], float] = {}  # (uri, collection) -> time.monotonic() of our last write
 INDEX_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "HNSW": {"M": 32, "efConstruction": 200}}
 SEARCH_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nprobe": 32}, "HNSW": {"ef": 128}}
-_clients: dict[str, object] = {}  # one client per URI per process (Milvus Lite holds the file)
+_clients: dict[str, Any] = {}  # one client per URI per process (Milvus Lite holds the file)
 _loaded: set[tuple[str, str]] = set()  # collections this process has loaded for search
 _clients_lock = threading.Lock()
 
@@ -48,7 +51,7 @@ def split_uri(uri: str) -> tuple[str, str]:
     options = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
     index_type = options.get("index", "FLAT").upper()
     if index_type not in INDEX_PARAMS:
-        raise ValueError(f"{uri}: index={index_type} is not one of {', '.join(INDEX_PARAMS)}")
+        raise StoreError(f"{uri}: index={index_type} is not one of {', '.join(INDEX_PARAMS)}")
     return base, index_type
 
 
@@ -62,7 +65,7 @@ def client_uri(uri: str) -> str:
     return str(Path(uri).expanduser().absolute())
 
 
-def _client(uri: str):
+def _client(uri: str) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -79,9 +82,9 @@ def _client(uri: str):
 
 
 class MilvusVectors:
-    """One collection = the vectors of one index; searched like a FAISS index."""
+    """One collection = the vectors of one index; an `index.VectorIndex`, like the FAISS searchers."""
 
-    def __init__(self, info: dict, rows: int | None = None, ntotal: int | None = None) -> None:
+    def __init__(self, info: dict[str, Any], rows: int | None = None, ntotal: int | None = None) -> None:
         self.info = info
         self.uri = info["uri"]
         self.collection = info["collection"]
@@ -142,7 +145,7 @@ class MilvusVectors:
             self.client.drop_collection(self.collection)
         _loaded.discard((self.uri, self.collection))
 
-    # --- reading: the FAISS index contract that search.py uses ----------------------------
+    # --- reading: the VectorIndex protocol that search.py uses ----------------------------
 
     @property
     def ntotal(self) -> int:
