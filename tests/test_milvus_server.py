@@ -120,7 +120,7 @@ def test_server_is_reachable_only_on_loopback(milvus_server: MilvusServer) -> No
 
 
 def test_manifest_names_the_server_collection(server_index: Path, milvus_server: MilvusServer) -> None:
-    store = read_manifest(server_index)["store"]
+    store = read_manifest(server_index).store
     assert store["kind"] == "milvus" and store["uri"] == f"http://127.0.0.1:{milvus_server.port}"
     assert store["index_type"] == "FLAT" and store["dim"] == 1280
     assert not list(server_index.glob("vectors.*.faiss"))
@@ -147,7 +147,7 @@ def test_filtered_search_matches_faiss_with_an_id_selector(server_index: Path) -
     flat.add(x)
     params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, np.int64)))
     f_scores, f_ids = flat.search(x[:12], 8, params=params)
-    vs = open_vector_store(m["store"])
+    vs = open_vector_store(m.store)
     found = vs.client.search(vs.collection, data=x[:12].tolist(), limit=8, filter=f"id in {allowed}",
                              search_params={"metric_type": "IP", "params": {}}, consistency_level="Strong")
     for q, hits in enumerate(found):
@@ -160,15 +160,15 @@ def test_filtered_search_matches_faiss_with_an_id_selector(server_index: Path) -
 
 def test_uncommitted_inserts_are_filtered_out_and_recover_deletes_them(server_index: Path) -> None:
     m = read_manifest(server_index)
-    rows = int(m["rows"])
+    rows = int(m.rows)
     stray = np.random.default_rng(0).random((3, 1280)).astype(np.float32)
     stray /= np.linalg.norm(stray, axis=1, keepdims=True)
-    open_vector_store(m["store"]).insert(np.arange(rows, rows + 3), stray)  # a crash before the commit
-    assert set(open_vector_store(m["store"]).search(stray, 3)[1].ravel()) >= {rows}, "the server has them"
-    _, hidden = open_vector_store(m["store"], rows=rows).search(stray, 5)
+    open_vector_store(m.store).insert(np.arange(rows, rows + 3), stray)  # a crash before the commit
+    assert set(open_vector_store(m.store).search(stray, 3)[1].ravel()) >= {rows}, "the server has them"
+    _, hidden = open_vector_store(m.store, rows=rows).search(stray, 5)
     assert hidden.max() < rows, "readers never see ids past `rows`"
     recover(server_index, m)
-    _, ids = open_vector_store(m["store"]).search(stray, 3)
+    _, ids = open_vector_store(m.store).search(stray, 3)
     assert not set(ids.ravel()) & {rows, rows + 1, rows + 2}
 
 

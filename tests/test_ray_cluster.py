@@ -153,4 +153,4 @@ def test_embedding_is_spread_over_two_nodes_and_matches_the_local_runner(
     assert rows_l == rows_r, "same ids, sources, statuses, sizes and hashes"
     assert np.allclose(emb_l, emb_r, atol=1e-3)
     print(f"  max feature difference vs the local runner: {np.abs(emb_l - emb_r).max():.2e}", file=sys.stderr)
-    assert man_l["index_spec"] == man_r["index_spec"]
+    assert man_l.index_spec == man_r.index_spec

@@ -118,6 +118,8 @@ class RayRunner:
         ray = self._ray()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
+        if ctx.wait_for_min_actors_s <= 0:  # Ray's default: actors start asynchronously, and the first
+            ctx.wait_for_min_actors_s = 600  # one ready may take every batch; wait for all replicas
         if not progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
