@@ -309,7 +309,7 @@ def test_a_slow_refresh_never_brings_back_an_older_generation(small_index, tmp_p
     refresh = threading.Thread(target=service.refresh, name="refresh", daemon=True)
     refresh.start()
     assert opened.wait(SOCKET_TIMEOUT)
-    delete = threading.Thread(target=service.remove, args=(2,), daemon=True)  # DELETE /images/2
+    delete = threading.Thread(target=service.writer.remove, args=(2,), daemon=True)  # DELETE /images/2
     delete.start()
     delete.join(1.0)  # it finishes now, or waits for the refresh to be done first
     release.set()
@@ -569,11 +569,11 @@ def test_no_error_body_carries_a_stack_trace_or_a_server_path(secured: Secured, 
 
     not_a_dir = tmp_path / "uploads-is-a-file"
     not_a_dir.write_text("x")
-    monkeypatch.setattr(service, "uploads", not_a_dir)  # mkdir fails with an OSError naming the path
+    monkeypatch.setattr(service.writer, "uploads", not_a_dir)  # mkdir fails with an OSError naming the path
     provoked["internal: uploads not a directory"] = client.post("/images", files={"file": ("n.jpg", jpeg)})
     monkeypatch.setattr(service.finder, "search", boom)
     provoked["internal: search"] = client.post("/search", files={"file": ("q.jpg", jpeg)})
-    monkeypatch.setattr(service, "remove", boom)
+    monkeypatch.setattr(service.writer, "remove", boom)
     provoked["internal: delete"] = client.delete("/images/3")
     monkeypatch.setattr(service, "refresh", lambda: (_ for _ in ()).throw(PermissionError(13, "Permission denied",
                                                                                             secret)))

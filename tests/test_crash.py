@@ -319,25 +319,26 @@ def test_kill_9_during_index_builds_never_loses_the_previous_index(
 
 
 def test_the_api_sweeps_temporary_files_a_killed_server_left(ukbench_dir: Path, embedder, tmp_path: Path) -> None:
-    from imagefinder.api.service import LISTING_TEMP, UPLOAD_TEMP, Service
-    from imagefinder.api.settings import Settings
+    from imagefinder.api.writes import LISTING_TEMP, UploadWriter
 
     images = _copy_ukbench(ukbench_dir, range(4), tmp_path / "images")
     build_index([str(images)], tmp_path / "idx", embedder=embedder)
     uploads = tmp_path / "idx" / "uploads"
     uploads.mkdir()
-    stale = [uploads / f"{UPLOAD_TEMP}abc", uploads / f"{LISTING_TEMP}def.csv"]
-    young, kept = uploads / f"{UPLOAD_TEMP}now", uploads / "f00d.jpg"  # another worker's, and a real upload
-    for path in [*stale, young, kept]:
+    # temp files of atomic.write_bytes (".NAME.XXXX.tmp") and of the listing CSVs
+    stale = [uploads / ".f00d.jpg.abc.tmp", uploads / f"{LISTING_TEMP}def.csv"]
+    young, kept = uploads / ".beef.png.now.tmp", uploads / "f00d.jpg"  # another worker's, and a real upload
+    dotfile = uploads / ".keep"  # not ours: left alone, however old
+    for path in [*stale, young, kept, dotfile]:
         path.write_bytes(b"x")
-    for path in [*stale, kept]:
+    for path in [*stale, kept, dotfile]:
         os.utime(path, (time.time() - 2 * 3600, time.time() - 2 * 3600))
     finder = ImageFinder(tmp_path / "idx")
     try:
-        Service(finder, Settings())
+        UploadWriter(finder)
     finally:
         finder.close()
-    assert sorted(p.name for p in uploads.iterdir()) == sorted([young.name, kept.name])
+    assert sorted(p.name for p in uploads.iterdir()) == sorted([young.name, kept.name, dotfile.name])
 
 
 @dataclass

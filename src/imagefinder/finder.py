@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -49,10 +49,15 @@ Query = str | Path | bytes | Image.Image
 
 
 class ImageFinder:
-    """A loaded index plus its model (loaded on first query, then shared by all threads)."""
+    """A loaded index plus its model (loaded on first query, then shared by all threads).
 
-    def __init__(self, path: str | Path) -> None:
+    `threads`: onnxruntime threads per query (None: one per core). A server computing several
+    queries at once gives each one or two, so that the queries do not fight over the cores.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.store = Store(path)
+        self._threads = threads
         self._embedder: Embedder | None = None
         self._reranker: SpatialReranker | None = None
         self._lock = threading.Lock()
@@ -99,8 +104,12 @@ class ImageFinder:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder.for_manifest(self.manifest)
+                self._embedder = Embedder.for_manifest(self.manifest, threads=self._threads)
             return self._embedder
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._embedder is not None
 
     def space(self, store: Store | None = None) -> SearchSpace:
         store = store or self.store
@@ -111,7 +120,7 @@ class ImageFinder:
         slices = [(int(a), int(b)) for a, b in m.member_slices]
         return SearchSpace(store.index, store.embeddings, slices, is_exact(m.index_spec), weights)
 
-    def reranker(self, **options):
+    def reranker(self, **options: Any) -> SpatialReranker:
         """The spatial re-ranker of this index (local features cached in INDEX/local/), made once."""
         from .rerank import SpatialReranker
 
@@ -147,7 +156,7 @@ class ImageFinder:
         """
         image = self._image(query) if rerank else None
         vector = self.embedder.embed_images([image])[0] if image is not None else self.embed(query)
-        local = self.reranker().query_features(image) if rerank else None
+        local = self.reranker().query_features(image) if image is not None else None
         return self.search_vectors(vector[None], k, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
                                    rerank_budget=rerank_budget, local_queries=[local] if rerank else None)[0]
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     index = args.index or (Path(os.environ["IMAGEFINDER_INDEX"]) if os.environ.get("IMAGEFINDER_INDEX") else None)
     if index is None:
-        from .api.settings import default_index, sample_dir
+        from .api.sample_index import default_index, sample_dir
 
         if not (sample_dir() / "index" / "manifest.json").is_file():
             print("building the sample index (first run only)...", file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
 import sys
 
-from . import serve_main
+from .server import serve_main
 
 sys.exit(serve_main())

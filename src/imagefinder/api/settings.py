@@ -1,4 +1,4 @@
-"""API settings: plain data, read from the environment once (or passed in by a program or test).
+"""API settings (pydantic-settings): read from IMAGEFINDER_* environment variables, or passed in.
 
 Environment variables (all optional):
 
@@ -13,35 +13,123 @@ Environment variables (all optional):
     IMAGEFINDER_SEARCH_CONCURRENCY  searches computed at once (default: one per CPU core); others
                                     wait their turn in arrival order
     IMAGEFINDER_MODEL_THREADS       onnxruntime threads per query (default 1; 0 = one per core)
+    IMAGEFINDER_MAX_FILES, IMAGEFINDER_PRELOAD_MODEL, IMAGEFINDER_RELOAD_INTERVAL: see the fields
+
+`Settings()` reads the environment for every field not given; `Settings.from_env(mapping)` reads
+a mapping instead of os.environ. A value that cannot be used raises SettingsError naming the
+variable. Text is parsed by our own rules (not pydantic's), so the accepted spellings and the
+messages stay those the README documents.
 """
 
 from __future__ import annotations
 
-import fcntl
-import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
-log = logging.getLogger(__name__)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from ..errors import ImageFinderError
+
+ENV_PREFIX = "IMAGEFINDER_"
+INDEX_VAR = "IMAGEFINDER_INDEX"
 MB = 1024 * 1024
+MULTIPART_ROOM = 64 * 1024  # multipart headers and form fields around the image
 DEFAULT_CORS = ("http://127.0.0.1:5000", "http://localhost:5000")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class SettingsError(ValueError):
+class SettingsError(ImageFinderError, ValueError):
     """A setting with a value that cannot be used; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    index_dir: Path | None = None
+def _int(minimum: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}: expected a whole number") from None
+        if value < minimum:
+            raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
+        return value
+    return parse
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: must be positive")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in raw.split(",") if o.strip())
+
+
+def _index(name: str, raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+# How each field's text (from the environment) becomes a value; blank numbers keep the default.
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "index_dir": _index, "max_upload_bytes": _int(1), "max_pixels": _int(1), "max_files": _int(1),
+    "search_concurrency": _int(0), "model_threads": _int(0), "fetch_timeout": _seconds,
+    "reload_interval": _seconds, "allow_private_urls": _bool, "preload_model": _bool, "cors_origins": _origins,
+}
+_BLANK_IS_DEFAULT = {"index_dir", "max_upload_bytes", "max_pixels", "max_files", "search_concurrency",
+                     "model_threads", "fetch_timeout", "reload_interval"}
+
+
+def env_name(field: str) -> str:
+    return INDEX_VAR if field == "index_dir" else ENV_PREFIX + field.upper()
+
+
+def settings_error(exc: ValidationError) -> SettingsError:
+    """One sentence per bad field, naming its environment variable."""
+    parts = []
+    for err in exc.errors():
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        parts.append(msg if msg.startswith(ENV_PREFIX) or not field else f"{env_name(field)}: {msg}")
+    return SettingsError("; ".join(parts))
+
+
+class _MappingEnv(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._mapping.items()}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, validate_by_name=True,
+                                      validate_by_alias=True)
+
+    index_dir: Path | None = Field(None, validation_alias=INDEX_VAR)
     max_upload_bytes: int = 20 * MB
     max_pixels: int = 64_000_000
     allow_private_urls: bool = False
-    cors_origins: tuple[str, ...] = DEFAULT_CORS
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CORS
     fetch_timeout: float = 10.0
     max_files: int = 10  # images per POST /images request
     preload_model: bool = True  # load the model at start-up, not on the first query
@@ -49,99 +137,36 @@ class Settings:
     search_concurrency: int = 0  # searches computed at once (0: one per CPU core); the rest queue in order
     model_threads: int = 1  # onnxruntime threads per query (0: one per CPU core)
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        index = env.get("IMAGEFINDER_INDEX", "").strip()
-        origins = env.get("IMAGEFINDER_CORS_ORIGINS")
-        return cls(
-            index_dir=Path(index).expanduser() if index else None,
-            max_upload_bytes=_int(env, "IMAGEFINDER_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
-            max_pixels=_int(env, "IMAGEFINDER_MAX_PIXELS", cls.max_pixels),
-            allow_private_urls=_bool(env, "IMAGEFINDER_ALLOW_PRIVATE_URLS", False),
-            cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()) if origins is not None
-            else DEFAULT_CORS,
-            fetch_timeout=_float(env, "IMAGEFINDER_FETCH_TIMEOUT", cls.fetch_timeout),
-            search_concurrency=_int(env, "IMAGEFINDER_SEARCH_CONCURRENCY", cls.search_concurrency, minimum=0),
-            model_threads=_int(env, "IMAGEFINDER_MODEL_THREADS", cls.model_threads, minimum=0),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `env` (default os.environ) alone: fields it lacks keep their defaults."""
+        values = _MappingEnv(cls, os.environ if env is None else env)()
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse_text(cls, value: Any, info: ValidationInfo) -> Any:
+        field = info.field_name or ""
+        if not isinstance(value, str) or field not in _PARSERS:
+            return value
+        if field in _BLANK_IS_DEFAULT and not value.strip():
+            raise PydanticUseDefault()
+        return _PARSERS[field](env_name(field), value.strip() if field != "allow_private_urls" else value)
 
     @property
     def max_body_bytes(self) -> int:
         """Whole request body: the image plus room for multipart headers and form fields."""
-        return self.max_upload_bytes + 64 * 1024
+        return self.max_upload_bytes + MULTIPART_ROOM
 
-
-def _int(env: dict, name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
-
-
-def _float(env: dict, name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a number of seconds") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r}: must be positive")
-    return value
-
-
-def _bool(env: dict, name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-
-
-def sample_dir() -> Path:
-    from ..models import registry
-
-    return registry.cache_dir() / "sample"
-
-
-def default_index(build: bool = True) -> Path:
-    """The built-in sample index (45 images), built into the user cache on first use.
-
-    A file lock makes concurrent starters (the API and `python -m imagefinder.serve`) build it once.
-    """
-    from ..index import MANIFEST
-
-    root = sample_dir()
-    index = root / "index"
-    if (index / MANIFEST).is_file() or not build:
-        return index
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".build.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not (index / MANIFEST).is_file():
-                from ..pipeline import build_index
-                from ..sample import write_sample
-
-                log.info("building the sample index in %s (first run only)", index)
-                images, _query = write_sample(root / "images")
-                build_index([str(images)], index)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return index
-
-
-def resolve_index(settings: Settings) -> Path:
-    return Path(settings.index_dir) if settings.index_dir is not None else default_index()
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (settings are frozen: one object per server)."""
+        return self.model_validate({**self.model_dump(), **changes})

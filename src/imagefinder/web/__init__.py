@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 
@@ -26,12 +25,12 @@ import httpx
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from .settings import DEFAULT_API_URL, WebSettings
+
 __all__ = ["DEFAULT_API_URL", "create_app", "main"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
-MAX_BODY_BYTES = 20 * 1024 * 1024 + 64 * 1024  # the API's default upload cap plus multipart overhead
 _FORWARDED_PATH = re.compile(r"^(search|stats|health|images(/\d{1,16}(/thumbnail|/info)?)?)$")
 _RESPONSE_HEADERS = ("content-type", "cache-control", "etag", "last-modified")
 
@@ -39,9 +38,10 @@ _RESPONSE_HEADERS = ("content-type", "cache-control", "etag", "last-modified")
 def create_app(api_url: str | None = None, *, proxy: bool = True, timeout: float = 60.0,
                max_body_bytes: int | None = None) -> Flask:
     """The Flask app serving the page; `api_url` is the ImageFinder API it searches with."""
-    api_url = (api_url or os.environ.get("IMAGEFINDER_API_URL") or DEFAULT_API_URL).rstrip("/")
+    settings = WebSettings()
+    api_url = (api_url or settings.api_url).rstrip("/")
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or _env_int("IMAGEFINDER_MAX_UPLOAD_BYTES", MAX_BODY_BYTES)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or settings.max_body_bytes
     app.config["API_URL"] = api_url
     # Idle connections are dropped before the API's own keep-alive timeout (uvicorn: 5 s), so a
     # request never goes out on a connection the API is closing at that moment.
@@ -100,18 +100,10 @@ def _error(status: int, detail: str) -> Response:
     return response
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return int(float(raw)) + 64 * 1024 if raw else default
-    except ValueError:
-        return default
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imagefinder.web",
                                 description="Serve the ImageFinder web page (it searches with the ImageFinder API).")
-    p.add_argument("--api-url", default=os.environ.get("IMAGEFINDER_API_URL", DEFAULT_API_URL),
+    p.add_argument("--api-url", default=WebSettings().api_url,
                    help=f"the API to search with (default: $IMAGEFINDER_API_URL, else {DEFAULT_API_URL})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")

@@ -1,0 +1,80 @@
+"""The app factory: one Service (index + model, opened once) behind the routers and error handlers.
+
+(Not named app.py: `imagefinder.api.app` is the lazily built application itself.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..finder import ImageFinder
+from .errors import install_error_handlers
+from .routers import images, search, status
+from .sample_index import resolve_index
+from .service import Service
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Find images that look like a query image.
+
+* **Search** with `POST /search`: upload an image (`multipart/form-data`, field `file`), or send JSON
+  `{"url": "https://..."}` or `{"id": 16}` (more like an indexed image). `k` and `metric` go in the
+  query string, the JSON body or the form.
+* **Images**: `GET /images/{id}` (the original), `GET /images/{id}/thumbnail`, `GET /images/{id}/info`.
+* **Change the index**: `POST /images` (upload or `{"url": ...}`) and `DELETE /images/{id}`; changes are
+  visible to the next search and persist across restarts.
+
+Errors are JSON `{"detail": "..."}` saying what to fix.
+"""
+
+
+def _make_fastapi(**kwargs: Any) -> FastAPI:
+    """FastAPI with its /docs page served from local files when fastapi-offline is installed (no CDN)."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        return FastAPI(**kwargs)
+    return FastAPIOffline(**kwargs)
+
+
+def create_app(index_dir: Path | str | None = None, settings: Settings | None = None,
+               finder: ImageFinder | None = None) -> FastAPI:
+    """The API over the index at `index_dir` (else settings.index_dir, else the built-in sample).
+
+    The index is opened here, once; the model is loaded at start-up (settings.preload_model)
+    and shared by all requests. Pass `finder` to serve an ImageFinder you already have.
+    """
+    settings = settings or Settings.from_env()
+    if index_dir is not None:
+        settings = settings.with_changes(index_dir=Path(index_dir))
+    if finder is None:
+        finder = ImageFinder(resolve_index(settings), threads=settings.model_threads or None)
+    service = Service(finder, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.preload_model:
+            await run_in_threadpool(service.load_model)
+        log.info("serving %s (%d images)", service.finder.path, service.finder.store.ntotal)
+        yield
+
+    app = _make_fastapi(title="ImageFinder API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)
+    install_error_handlers(app)
+    for module in (search, images, status):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,74 @@
+"""`python -m imagefinder.api`: flags over the IMAGEFINDER_* settings, then uvicorn until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .settings import INDEX_VAR, Settings, SettingsError, env_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m imagefinder.api", description="Serve the ImageFinder REST API "
+                                "(OpenAPI docs at /docs). Flags override the IMAGEFINDER_* environment variables.")
+    p.add_argument("--index", type=Path, metavar="DIR",
+                   help="index directory (default: $IMAGEFINDER_INDEX, else the built-in sample index)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, metavar="MB", help="largest upload or URL download (default 20)")
+    p.add_argument("--allow-private-urls", action="store_true", default=None,
+                   help="let {\"url\": ...} reach localhost and private networks (only for a local server)")
+    p.add_argument("--cors-origins", metavar="LIST",
+                   help="comma-separated origins allowed to call the API from browsers ('*' for any)")
+    p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    changes: dict[str, Any] = {}
+    if args.index is not None:
+        changes["index_dir"] = args.index
+    if args.max_upload_mb is not None:
+        changes["max_upload_bytes"] = int(args.max_upload_mb * 1024 * 1024)
+    if args.allow_private_urls:
+        changes["allow_private_urls"] = True
+    if args.cors_origins is not None:
+        changes["cors_origins"] = args.cors_origins  # parsed like $IMAGEFINDER_CORS_ORIGINS
+    return Settings.from_env().with_changes(**changes)
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: parse flags, open the index, run uvicorn until Ctrl-C."""
+    import uvicorn
+
+    from .factory import create_app
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+        if args.reload:  # uvicorn re-imports the app in a child: pass the settings through the environment
+            _export(settings)
+            uvicorn.run("imagefinder.api:app", host=args.host, port=args.port, reload=True, log_level=args.log_level)
+            return 0
+        app = create_app(settings=settings)
+    except (SettingsError, OSError, ValueError, RuntimeError) as exc:
+        print(f"imagefinder api: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ImageFinder API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs)",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=15)
+    return 0
+
+
+def _export(settings: Settings) -> None:
+    if settings.index_dir is not None:
+        os.environ[INDEX_VAR] = str(settings.index_dir)
+    os.environ[env_name("max_upload_bytes")] = str(settings.max_upload_bytes)
+    os.environ[env_name("allow_private_urls")] = "1" if settings.allow_private_urls else "0"
+    os.environ[env_name("cors_origins")] = ",".join(settings.cors_origins)
