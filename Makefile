@@ -6,7 +6,7 @@ API_PORT ?= 8000
 WEB_PORT ?= 5000
 INDEX ?=
 
-.PHONY: setup demo test test-fast check run serve-api serve-web bench-api lint lock audit clean
+.PHONY: setup demo test test-fast check run serve-api serve-web bench-api container-test lint lock audit clean
 
 setup:
 	bash scripts/setup.sh
@@ -44,6 +44,11 @@ serve-web: setup  ## only the web page (same as `cd app && python app.py`)
 
 bench-api: setup  ## 32 concurrent clients x 30 s of searches against a local API
 	$(PYTHON) benchmarks/api_load.py --clients 32 --duration 30
+
+## build the container image with podman here (local debootstrap base, cached), start it, index the
+## sample through its CLI + API, search over HTTP, stop and remove it (scripts/container_test.sh)
+container-test: setup
+	bash scripts/container_test.sh
 
 lint: setup
 	$(PYTHON) -m ruff check src tests benchmarks scripts

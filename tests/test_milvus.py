@@ -50,6 +50,11 @@ def test_manifest_names_the_collection_and_no_faiss_file_is_written(milvus_index
 
 
 def test_milvus_and_faiss_flat_give_the_same_ranking(milvus_index: Path, small_index) -> None:
+    assert_ranks_like_faiss_flat(milvus_index, small_index)
+
+
+def assert_ranks_like_faiss_flat(milvus_index: Path, small_index) -> None:
+    """Every image as a query: same ids and order as FAISS Flat (ties aside); also on tests/test_milvus_server.py."""
     faiss_finder, milvus_finder = ImageFinder(small_index.path), ImageFinder(milvus_index)
     try:
         assert type(milvus_finder.store.index).__name__ == "MilvusVectors"
@@ -69,6 +74,11 @@ def test_milvus_and_faiss_flat_give_the_same_ranking(milvus_index: Path, small_i
 
 
 def test_add_and_remove_update_the_collection(milvus_index: Path, ukbench_dir: Path, embedder, tmp_path: Path) -> None:
+    assert_add_and_remove(milvus_index, ukbench_dir, embedder, tmp_path)
+
+
+def assert_add_and_remove(milvus_index: Path, ukbench_dir: Path, embedder, tmp_path: Path) -> None:
+    """Two images added, found, then one of them and id 5 removed (the 40-image index)."""
     new = tmp_path / "new"
     new.mkdir()
     for n in (40, 41):

@@ -16,7 +16,7 @@ import logging
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,11 @@ class EmbedStage:
     """Ray Data `map_batches` actor: one model replica; a batch of prepared inputs -> features."""
 
     def __init__(self, make_embedder: Callable[[], Embedder]) -> None:
+        import ray
+
         self.embedder = make_embedder()
+        self.where = f"{ray.get_runtime_context().get_node_id()}/{os.getpid()}"  # node id / actor process
+        self.batches = 0
 
     def __call__(self, batch: dict) -> dict:
         ok = [len(p) > 0 for p in batch["prepared"]]
@@ -71,7 +75,9 @@ class EmbedStage:
         good = [pickle.loads(p) for p, g in zip(batch["prepared"], ok) if g]
         if good:
             vectors[np.flatnonzero(ok)] = self.embedder.embed_prepared(good)
-        return {"id": batch["id"], "record": batch["record"], "thumbnail": batch["thumbnail"], "vector": vectors}
+        self.batches += 1
+        return {"id": batch["id"], "record": batch["record"], "thumbnail": batch["thumbnail"], "vector": vectors,
+                "batch": np.array([f"{self.where}/{self.batches}"] * len(ok))}
 
 
 @dataclass
@@ -81,6 +87,8 @@ class RayRunner:
     embed_actors: model replicas (default: one per 4 CPUs of the cluster, at least 1);
     actor_threads: onnxruntime threads (and CPUs reserved) per replica;
     load_concurrency: decode workers (default: the CPUs left over, at least 1).
+    After `run`, `batches` maps each embedding batch ("node id/actor pid/n") to its item count:
+    which node did what (logged too).
     """
 
     address: str | None = None
@@ -88,6 +96,7 @@ class RayRunner:
     embed_actors: int | None = None
     actor_threads: int = 1
     load_concurrency: int | None = None
+    batches: dict[str, int] = field(default_factory=dict, repr=False)
 
     def _ray(self):
         try:
@@ -109,6 +118,8 @@ class RayRunner:
         ray = self._ray()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
+        if ctx.wait_for_min_actors_s <= 0:  # Ray's default: actors start asynchronously, and the first
+            ctx.wait_for_min_actors_s = 600  # one ready may take every batch; wait for all replicas
         if not progress:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -119,15 +130,24 @@ class RayRunner:
         pool = ray.data.ActorPoolStrategy
         ds = ds.map(LoadStage, fn_constructor_args=(embedder_factory(embedder, 1), download),
                     compute=pool(size=loaders), num_cpus=0.5)
+        # SPREAD: model replicas on different nodes rather than packed onto the first one
         ds = ds.map_batches(EmbedStage, fn_constructor_args=(embedder_factory(embedder, self.actor_threads),),
                             compute=pool(size=actors), batch_size=batch_size, num_cpus=self.actor_threads,
-                            batch_format="numpy")
+                            batch_format="numpy", scheduling_strategy="SPREAD")
         out = np.zeros((len(items), embedder.dim), np.float32)
+        self.batches = {}
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            for tag in batch["batch"]:
+                self.batches[str(tag)] = self.batches.get(str(tag), 0) + 1
             for rid, record, thumb, vector in zip(batch["id"], batch["record"], batch["thumbnail"], batch["vector"]):
                 rec = Record(**json.loads(record))
                 ok = rec.status == "ok"
                 if ok:
                     out[int(rid) - first_id] = vector
                 on_loaded(Loaded(rec, None, bytes(thumb) or None, vector if ok else None))
+        per_node: dict[str, int] = {}
+        for tag, count in self.batches.items():
+            per_node[tag.split("/")[0]] = per_node.get(tag.split("/")[0], 0) + count
+        log.info("embedded %d batches on %d node(s): %s", len(self.batches), len(per_node),
+                 ", ".join(f"{node[:12]} {count} items" for node, count in per_node.items()))
         return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 
 INSERT_BATCH = 5_000
 MAX_TOPK = 16_384  # Milvus's limit on `limit`
+# A Milvus server's default consistency, Bounded, hides writes of the last ~5 s (its
+# common.gracefulTime) from searches; Milvus Lite is always current. Strong waits for the next
+# time tick, ~200 ms per search (benchmarks/SCALE.md), and Session misses deletes. So a search
+# is Strong while this process wrote to the collection within BOUNDED_LAG_S (the API's own adds
+# and deletes are visible to its next search), Bounded otherwise (other processes' writes show
+# within ~5 s). Counts are Strong (once per open). Passed per request, not set on collections.
+BOUNDED_LAG_S = 6.0
+_last_write: dict[tuple[str, str], float] = {}  # (uri, collection) -> time.monotonic() of our last write
 INDEX_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nlist": 1024}, "HNSW": {"M": 32, "efConstruction": 200}}
 SEARCH_PARAMS = {"FLAT": {}, "IVF_FLAT": {"nprobe": 32}, "HNSW": {"ef": 128}}
 _clients: dict[str, Any] = {}  # one client per URI per process (Milvus Lite holds the file)
@@ -111,14 +120,25 @@ class MilvusVectors:
             rows = [{"id": int(i), "vector": v} for i, v in zip(ids[start:start + INSERT_BATCH],
                                                                  vectors[start:start + INSERT_BATCH].tolist())]
             self.client.upsert(self.collection, rows)  # upsert: repeating an interrupted insert is harmless
+            self._wrote()
 
     def delete(self, ids: list[int]) -> None:
         for start in range(0, len(ids), INSERT_BATCH):
             self.client.delete(self.collection, ids=[int(i) for i in ids[start:start + INSERT_BATCH]])
+            self._wrote()
 
     def delete_from(self, first_id: int) -> None:
         """Drop ids >= first_id: inserts of an update that never committed."""
         self.client.delete(self.collection, filter=f"id >= {int(first_id)}")
+        self._wrote()
+
+    def _wrote(self) -> None:
+        _last_write[(self.uri, self.collection)] = time.monotonic()
+
+    def _consistency(self) -> str:
+        """Strong shortly after this process's own writes, Bounded (fast) otherwise."""
+        last = _last_write.get((self.uri, self.collection))
+        return "Strong" if last is not None and time.monotonic() - last < BOUNDED_LAG_S else "Bounded"
 
     def drop(self) -> None:
         if self.client.has_collection(self.collection):
@@ -131,7 +151,8 @@ class MilvusVectors:
     def ntotal(self) -> int:
         if self._ntotal is None:
             self._load()
-            stats = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+            stats = self.client.query(self.collection, filter="", output_fields=["count(*)"],
+                                      consistency_level="Strong")
             self._ntotal = int(stats[0]["count(*)"])
         return self._ntotal
 
@@ -156,7 +177,7 @@ class MilvusVectors:
         found = self.client.search(
             self.collection, data=queries.tolist(), limit=limit, output_fields=[],
             search_params={"metric_type": "IP", "params": self.info.get("search_params", {})},
-            filter=f"id < {int(self.rows)}" if self.rows is not None else "",
+            filter=f"id < {int(self.rows)}" if self.rows is not None else "", consistency_level=self._consistency(),
         )
         for row, hits in enumerate(found):
             for col, hit in enumerate(hits):
