@@ -14,7 +14,7 @@ import pytest
 
 import imagefinder
 
-EVAL_KEYS = {"map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries", "index_seconds",
+EVAL_KEYS = {"map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries", "index_seconds", "precision",
              "images_per_second"}
 
 

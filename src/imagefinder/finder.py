@@ -211,6 +211,7 @@ class ImageFinder:
         return {
             "path": str(self.path),
             "model": m.model,
+            "precision": m.precision,
             "index_spec": m.index_spec,
             "embedding_dim": m.embedding_dim,
             "clusters": m.clusters,

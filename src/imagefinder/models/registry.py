@@ -52,6 +52,9 @@ class Backbone:
     export_tag: str = ""
     # Pooling used when a model spec names no method (measured per backbone: benchmarks/quality.py).
     default_pooling: Pooling = field(default_factory=Pooling)
+    # Precision used when none is asked for: "int8" only where its measured retrieval loss is
+    # within the project's bounds (README "Measured": int8 vs fp32), else "fp32".
+    default_precision: str = "fp32"
 
     def check_pooling(self, pooling: Pooling) -> None:
         """Refuse pooling options this backbone's output cannot honour, saying why."""
@@ -329,6 +332,22 @@ def parse_members(spec: str) -> list:
 
 _export_lock = threading.Lock()
 
+PRECISIONS = ("fp32", "int8")
+
+
+def _cached(out: Path, build: Callable[[Path], None], what: str) -> None:
+    """Build `out` once (atomically: temp file + rename), shared by threads and processes."""
+    with _export_lock:
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            log.info("%s (once; cached at %s)", what, out)
+            try:
+                build(tmp)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+
 
 def onnx_path(backbone: Backbone) -> tuple[Path, str]:
     """The cached ONNX export for `backbone` (built on first use) and its weights hash."""
@@ -336,17 +355,29 @@ def onnx_path(backbone: Backbone) -> tuple[Path, str]:
     digest = file_sha256(weights)
     tag = f"-{backbone.export_tag}" if backbone.export_tag else ""
     out = cache_dir() / "models" / f"{backbone.name}{tag}-{digest[:16]}.onnx"
-    with _export_lock:
-        if not out.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            log.info("exporting %s to ONNX (once; cached at %s)", backbone.name, out)
-            try:
-                backbone.build_onnx(weights, tmp)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
+    _cached(out, lambda tmp: backbone.build_onnx(weights, tmp), f"exporting {backbone.name} to ONNX")
     return out, digest
+
+
+def int8_path(backbone: Backbone) -> tuple[Path, str]:
+    """The cached int8 graph of `backbone` (quantised on first use) and its weights hash.
+
+    Keyed by weights hash, quantisation recipe and calibration set (photos, edits and the
+    backbone's preprocessing, input size included): see `models.quantize`.
+    """
+    from . import quantize
+
+    fp32, digest = onnx_path(backbone)
+    calibration = quantize.calibration_key(backbone.preprocess)
+    out = fp32.with_name(f"{fp32.stem}-int8-{quantize.RECIPE}-{calibration[:12]}.onnx")
+    _cached(out, lambda tmp: quantize.quantize(fp32, tmp, backbone.preprocess), f"quantising {backbone.name} to int8")
+    return out, digest
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ModelUnavailable(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
+    return precision
 
 
 class OnnxModel:
@@ -356,11 +387,13 @@ class OnnxModel:
     model pools it (average by default, or the given `Pooling`).
     """
 
-    def __init__(self, backbone: Backbone, threads: int | None = None) -> None:
+    def __init__(self, backbone: Backbone, threads: int | None = None, precision: str | None = None) -> None:
+        """`precision`: "fp32" or "int8" (None: the backbone's default, see `Backbone.default_precision`)."""
         import onnxruntime as ort
 
         self.backbone = backbone
-        path, self.weights_sha256 = onnx_path(backbone)
+        self.precision = check_precision(precision or backbone.default_precision)
+        path, self.weights_sha256 = (int8_path if self.precision == "int8" else onnx_path)(backbone)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
