@@ -123,6 +123,10 @@ def _package_file(package: str, relative: str, pip_name: str) -> Callable[[], Pa
     return locate
 
 
+# int8 lost nothing measurable for any Lite size (UKBench and paris266 mAP within +-0.004, int8 at
+# least as good: README "Measured", benchmarks/precision.py); the Lite models were designed for
+# int8 (ReLU6, no squeeze-excite).
+LITE_PRECISION = "int8"
 # GeM p=2 beat average, max and GeM p=3 on both UKBench and the hard copy-detection benchmark
 # for efficientnet-lite0 (README "Retrieval quality"); the other Lite sizes keep average pooling
 # until measured.
@@ -156,6 +160,7 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         fixed_size=False,
         export_tag=export.MAP_EXPORT_TAG,
         default_pooling=LITE_POOLING.get(index, Pooling()),
+        default_precision=LITE_PRECISION,
     )
 
 
@@ -399,6 +404,9 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+ALLOW_SPINNING = "0"  # onnxruntime's "session.intra_op.allow_spinning" ("1": its default); see `_session`
+
+
 @functools.cache
 def _cpu_key() -> str:
     """What an optimised graph's hardware-specific kernels depend on: ISA flags and machine."""
@@ -424,6 +432,9 @@ def _session(path: Path, threads: int) -> Any:
         o = ort.SessionOptions()
         o.intra_op_num_threads = threads
         o.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: during a build they would otherwise
+        # burn the cores the decode threads need between model calls.
+        o.add_session_config_entry("session.intra_op.allow_spinning", ALLOW_SPINNING)
         o.graph_optimization_level = level
         o.log_severity_level = 3  # the "hardware specific" warning on saving is what the file name is for
         return o
