@@ -450,6 +450,8 @@ def _session(path: Path, threads: int) -> Any:
         except Exception as exc:  # noqa: BLE001 - a bad cache file must never stop a query
             log.warning("ignoring %s (%s): optimising %s again", optimised, exc, path.name)
     o = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if not os.access(path.parent, os.W_OK):  # a read-only cache: optimise in memory, every time
+        return ort.InferenceSession(str(path), o, providers=providers)
     tmp = optimised.with_name(f".{optimised.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     o.optimized_model_filepath = str(tmp)
     try:
