@@ -24,6 +24,7 @@ from .ingest.decode import ImageError, open_image
 from .ingest.download import fetch
 from .ingest.sources import is_url
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
+from .runners.base import Runner
 from .search import Hit, SearchSpace, search
 
 if TYPE_CHECKING:
@@ -83,10 +84,12 @@ class ImageFinder:
             return True
         return False
 
-    def add(self, sources: list[str], progress: bool = False) -> BuildReport:
-        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search."""
+    def add(self, sources: list[str], progress: bool = False, runner: Runner | None = None) -> BuildReport:
+        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search.
+
+        `runner`: who loads and embeds them (default: the local thread pool)."""
         with self._write_lock:
-            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress)
+            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress, runner=runner)
             self.reload()
         return report
 

@@ -68,6 +68,7 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
             await run_in_threadpool(service.load_model)
         log.info("serving %s (%d images)", service.finder.path, service.finder.store.ntotal)
         yield
+        service.close()  # frees the index for a rebuild (an exit does too, even kill -9)
 
     app = _make_fastapi(title="ImageFinder API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -27,6 +28,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn treats slow clients. Its own options cover idle keep-alive connections and header
+    size (h11's 16 KB); it has no timeout for headers that trickle in, so our protocol adds one.
+    Slow bodies are timed out by the app (`read_body`, IMAGEFINDER_BODY_TIMEOUT)."""
+    return {"http": header_timeout_protocol(settings.header_timeout), "timeout_keep_alive": 15,
+            "h11_max_incomplete_event_size": 16 * 1024}
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers take more than `seconds`
+    (from the connection, or from the first byte of the next request on a kept-alive one)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the headers are in: the app times the body
+                self._disarm()
+            elif self._header_timer is None:  # the first bytes of the next request on a kept-alive one
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -62,7 +112,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"ImageFinder API on http://{args.host}:{args.port}  (docs: http://{args.host}:{args.port}/docs)",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=15)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **uvicorn_options(settings))
     return 0
 
 

@@ -18,8 +18,10 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..finder import ImageFinder, Result
+from ..index import ServeLock
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
+from .fetching import FetchPool
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
 from .uploads import CheckedImage, check_image
@@ -33,7 +35,9 @@ class Service:
     def __init__(self, finder: ImageFinder, settings: Settings) -> None:
         self.finder = finder
         self.settings = settings
+        self.served = ServeLock(finder.path)  # a build that would replace the index refuses meanwhile
         self.writer = UploadWriter(finder)
+        self.fetches = FetchPool(settings.fetch_workers, settings.fetch_per_host)
         self._checked = time.monotonic()
         # CPU-bound work (decode, embed, search) waits here in arrival order, so a burst of
         # requests is served first come, first served instead of all slowing each other down.
@@ -43,6 +47,10 @@ class Service:
         """Run `fn` in the thread pool once one of the CPU slots is free (FIFO)."""
         async with self._cpu_slots:
             return await run_in_threadpool(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self.fetches.close()
+        self.served.release()
 
     def load_model(self) -> None:
         self.finder.embedder  # noqa: B018 - loads the model once
@@ -62,7 +70,7 @@ class Service:
 
     def check(self, data: bytes, what: str = "the file") -> CheckedImage:
         s = self.settings
-        return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels, what=what)
+        return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.pixel_limit, what=what)
 
     def search_upload(self, data: bytes, k: int, metric: str) -> tuple[CheckedImage, list[Result]]:
         image = self.check(data)
@@ -79,7 +87,12 @@ class Service:
         except KeyError:
             raise HTTPException(404, f"no indexed image with id {image_id}") from None
 
-    def fetch(self, url: str) -> CheckedImage:
+    async def fetch(self, url: str) -> CheckedImage:
+        """The image at `url`: downloaded on the fetch pool, then checked (decoded) in a CPU slot."""
+        data = await self.fetches.run(url, lambda: self.download(url))
+        return await self.cpu(self.check, data, "the image at the URL")
+
+    def download(self, url: str) -> bytes:
         s = self.settings
         try:
             fetched = safe_fetch(url, allow_private=s.allow_private_urls, max_bytes=s.max_upload_bytes,
@@ -88,7 +101,7 @@ class Service:
             raise HTTPException(413, f"cannot use the URL: {exc}") from None
         except FetchError as exc:
             raise HTTPException(422, f"cannot use the URL: {exc}") from None
-        return self.check(fetched.content, what="the image at the URL")
+        return fetched.content
 
     # -- rows and their public form ------------------------------------------------------------
 
@@ -101,17 +114,18 @@ class Service:
     def result(self, request: Request, r: Result) -> SearchResult:
         return SearchResult(rank=r.rank, id=r.id, score=r.score, source=self.writer.public_source(r.source),
                             width=r.width, height=r.height, cluster=r.cluster, meta=r.meta or {},
-                            **_urls(request, r.id))
+                            **_urls(request, r.id, self.settings.public_url))
 
     def image_info(self, request: Request, row: dict) -> ImageInfo:
         return ImageInfo(id=row["id"], source=self.writer.public_source(row["source"]), width=row.get("width"),
                          height=row.get("height"), cluster=row.get("cluster"), meta=row.get("meta") or {},
-                         **_urls(request, row["id"]))
+                         **_urls(request, row["id"], self.settings.public_url))
 
 
-def _urls(request: Request, image_id: int) -> dict[str, str]:
-    """Absolute URLs as this request reached the server (host and root path included)."""
-    base = str(request.base_url).rstrip("/")
+def _urls(request: Request, image_id: int, public_url: str | None) -> dict[str, str]:
+    """URLs of an image: under the configured public URL, else relative to this server (its root
+    path included). Never built from the request's Host header, which any client can set."""
+    base = public_url or str(request.scope.get("root_path") or "").rstrip("/")
     return {"thumbnail_url": f"{base}/images/{image_id}/thumbnail", "image_url": f"{base}/images/{image_id}"}
 
 

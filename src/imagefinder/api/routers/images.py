@@ -19,7 +19,9 @@ router = APIRouter(tags=["images"])
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
                "bmp": "image/bmp", "tiff": "image/tiff"}
-CACHED = {"Cache-Control": "public, max-age=3600"}
+# nosniff: a browser takes the Content-Type (from the decoded format) as it is, so a file that is
+# also HTML (a GIF+HTML polyglot) is never rendered as a page of this origin
+CACHED = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
 
 @router.get("/images/{image_id}", name="image", responses={**ERRORS, 200: {
@@ -64,7 +66,8 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
     that is already indexed returns its existing id with `created: false` (status 200).
     """
     settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
+                                 timeout=settings.body_timeout)
     kind = media_type(request)
     images: list[tuple[CheckedImage, dict[str, str]]] = []
     if kind == "multipart/form-data":
@@ -75,11 +78,11 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
         for upload in uploads:
             data = await upload.read()
             name = client_filename(upload.filename) or ""
-            image = await run_in_threadpool(service.check, data, f"the file '{name}'" if name else "the file")
+            image = await service.cpu(service.check, data, f"the file '{name}'" if name else "the file")
             images.append((image, {"filename": name} if name else {}))
     elif kind == "application/json":
         req = json_body(body, AddRequest)
-        images.append((await run_in_threadpool(service.fetch, req.url), {"origin": req.url}))
+        images.append((await service.fetch(req.url), {"origin": req.url}))
     else:
         raise HTTPException(415, "send multipart/form-data with a 'file' field (an image), or application/json "
                                  "with 'url'")

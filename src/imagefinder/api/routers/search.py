@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 
 from ..errors import ERRORS
 from ..params import SEARCH_FORM, QueryK, QueryMetric, json_body, media_type, openapi_body, parse_k, parse_metric
@@ -29,7 +28,8 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None,
     """
     start = time.perf_counter()
     settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
+                                 timeout=settings.body_timeout)
     kind = media_type(request)
     if kind == "multipart/form-data":
         form = await parse_form(request, body, max_files=1)
@@ -50,7 +50,7 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None,
             results = await service.cpu(service.search_id, req.id, k_value, metric_value)
         else:
             assert req.url is not None  # SearchRequest holds exactly one of id and url
-            image = await run_in_threadpool(service.fetch, req.url)
+            image = await service.fetch(req.url)
             query = QueryInfo(type="url", url=req.url, width=image.decoded.width, height=image.decoded.height)
             results = await service.cpu(service.search_image, image, k_value, metric_value)
     else:
