@@ -405,26 +405,40 @@ def test_orphan_uploads_are_swept_at_start_up(small_index, tmp_path: Path) -> No
     assert not orphan.exists()
 
 
-def test_answers_name_no_addresses_paths_or_hosts(small_index, tmp_path: Path) -> None:
-    index = _copy_index(small_index, tmp_path / "idx")
+@pytest.fixture(scope="module")
+def served(small_index, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    index = _copy_index(small_index, tmp_path_factory.mktemp("served") / "idx")
     server = start_asgi(create_app(index, Settings(cors_origins=())))
     try:
-        # refusals say "address not allowed", never what the name resolves to here
-        r = httpx.post(f"{server.url}/search", json={"url": f"http://localhost:{server.port}/x.jpg"})
-        assert r.status_code == 422 and "address not allowed" in r.json()["detail"], r.text
-        assert "127.0.0.1" not in r.text and "::1" not in r.text
-        # folder-indexed images: the file name, not the server path; URLs never from the Host header
-        r = httpx.post(f"{server.url}/search", json={"id": 0}, params={"k": 3}, headers={"Host": "evil.example"})
-        assert r.status_code == 200, r.text
-        for hit in r.json()["results"]:
-            assert hit["source"] == Path(small_index.sources[hit["id"]]).name
-            assert hit["thumbnail_url"] == f"/images/{hit['id']}/thumbnail"
-            assert hit["image_url"] == f"/images/{hit['id']}"
-        assert str(small_index.sources[0].rsplit("/", 1)[0]) not in r.text and "evil.example" not in r.text
-        info = httpx.get(f"{server.url}/images/0/info").json()
-        assert info["source"] == "ukbench00000.jpg"
+        yield server.url
     finally:
         server.stop()
+
+
+def test_refusals_do_not_say_what_a_name_resolves_to(served: str) -> None:
+    port = served.rsplit(":", 1)[1]
+    r = httpx.post(f"{served}/search", json={"url": f"http://localhost:{port}/x.jpg"})
+    assert r.status_code == 422 and "address not allowed" in r.json()["detail"], r.text
+    assert "127.0.0.1" not in r.text and "::1" not in r.text
+
+
+def test_folder_indexed_images_show_no_server_paths(served: str, small_index) -> None:
+    r = httpx.post(f"{served}/search", json={"id": 0}, params={"k": 3})
+    assert r.status_code == 200, r.text
+    for hit in r.json()["results"]:
+        assert hit["source"] == Path(small_index.sources[hit["id"]]).name
+    assert str(Path(small_index.sources[0]).parent) not in r.text
+    assert httpx.get(f"{served}/images/0/info").json()["source"] == "ukbench00000.jpg"
+
+
+def test_result_urls_never_echo_the_host_header(served: str, small_index, tmp_path: Path) -> None:
+    r = httpx.post(f"{served}/search", json={"id": 0}, params={"k": 3}, headers={"Host": "evil.example"})
+    assert r.status_code == 200, r.text
+    for hit in r.json()["results"]:
+        assert hit["thumbnail_url"] == f"/images/{hit['id']}/thumbnail"
+        assert hit["image_url"] == f"/images/{hit['id']}"
+    assert "evil.example" not in r.text
+    index = _copy_index(small_index, tmp_path / "idx")
     server = start_asgi(create_app(index, Settings(cors_origins=(), public_url="https://img.example.org/find")))
     try:
         r = httpx.post(f"{server.url}/search", json={"id": 0}, params={"k": 1}, headers={"Host": "evil.example"})

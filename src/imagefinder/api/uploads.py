@@ -16,7 +16,7 @@ from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from ..ingest.decode import Decoded, ImageError, open_image, probe_size, sniff_image_type
+from ..ingest.decode import Decoded, ImageError, open_image, probe_size, sniff_image_type, too_many_pixels
 
 FORMATS = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tif"}
@@ -141,6 +141,8 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int, draft_size: int
         decoded = open_image(data, draft_size=draft_size, max_pixels=max_pixels)
     except ImageError as exc:
         message = str(exc)
+        if message.startswith("decompression bomb"):  # Pillow's own guard: quote our limit, not Pillow's
+            message = too_many_pixels(max_pixels)
         if message.startswith("too many pixels"):
             raise HTTPException(413, f"the image is too large: {message}; resize it and try again") from None
         raise HTTPException(422, f"cannot read {what} as a {kind.upper()} image: {message}") from None

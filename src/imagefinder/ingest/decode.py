@@ -106,7 +106,7 @@ def open_image(data: bytes | Path, draft_size: int | None = None, max_pixels: in
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(too_many_pixels(max_pixels)) from exc
+        raise ImageError(f"decompression bomb refused: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(_unidentified(raw)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -121,8 +121,9 @@ def open_image(data: bytes | Path, draft_size: int | None = None, max_pixels: in
 
 def too_many_pixels(limit: int, width: int = 0, height: int = 0) -> str:
     """The one wording of the pixel limit (the API's 413 quotes it; /stats reports the same limit)."""
-    size = f"{width}x{height} = {width * height:,} pixels" if width and height else "the image's header declares"
-    return f"too many pixels: {size} exceeds the limit of {limit:,} pixels"
+    if width and height:
+        return f"too many pixels: {width}x{height} = {width * height:,} pixels, the limit is {limit:,}"
+    return f"too many pixels: its header declares more than the limit of {limit:,} pixels"
 
 
 def check_pixels(width: int, height: int, limit: int) -> None:

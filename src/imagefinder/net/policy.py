@@ -125,7 +125,7 @@ def vet(url: str, policy: AddressPolicy, *, pin: bool = True, credentials: bool 
         if reason is not None:
             # the sentence goes back to whoever sent the URL (an API caller): never what a name
             # resolves to on this side (an internal DNS oracle); the crawl's reason keeps it for the log
-            raise UnsafeURL(f"refused to fetch from '{host}': address not allowed; "
+            raise UnsafeURL(f"refused to fetch from '{host}': address not allowed ({reason}); "
                             f"only public hosts can be fetched ({policy.hint})",
                             f"refused: private address: '{host}' resolves to {address}, {reason} "
                             "(allow_private is off)")
