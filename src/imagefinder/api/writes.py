@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -22,7 +23,7 @@ from ..atomic import write_bytes
 from ..finder import ImageFinder
 from ..ingest.sources import is_url
 from ..runners.decoded import DecodedRunner
-from .uploads import CheckedImage
+from .uploads import EXTENSIONS, CheckedImage
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ UPLOADS = "uploads"
 LISTING_TEMP = ".add-"  # prefix of the listing CSVs
 STALE_TEMP_S = 3600.0  # older than any request: left by a server that was killed
 PAGE = 500  # rows read from the id table at once
+_UPLOAD_NAME = re.compile(rf"[0-9a-f]{{64}}\.(?:{'|'.join(sorted(set(EXTENSIONS.values())))})")
 
 
 class UploadWriter:
@@ -119,14 +121,15 @@ class UploadWriter:
 
     def sweep_orphans(self) -> int:
         """Remove uploads no indexed image refers to: saved by an add that was killed (kill -9) before
-        it committed. Only files older than any request, so another worker's add in flight keeps its own."""
+        it committed. Only names `add` writes, and only files older than any request, so another
+        worker's add in flight keeps its own."""
         if not self.uploads.is_dir():
             return 0
         known = set(self.finder.store.ids_by_source())
         cutoff, removed = time.time() - STALE_TEMP_S, 0
         for path in self.uploads.iterdir():
             try:
-                if _is_temp(path.name) or str(path) in known or path.stat().st_mtime >= cutoff:
+                if not _is_upload(path.name) or str(path) in known or path.stat().st_mtime >= cutoff:
                     continue
                 path.unlink()
                 removed += 1
@@ -156,6 +159,11 @@ class UploadWriter:
 def _unlink(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def _is_upload(name: str) -> bool:
+    """A name `add` writes (`<sha256>.<ext>`): anything else in uploads/ is not ours to sweep."""
+    return bool(_UPLOAD_NAME.fullmatch(name))
 
 
 def _is_temp(name: str) -> bool:
