@@ -139,7 +139,7 @@ def refuse_if_served(out_dir: Path) -> int | None:
     directory under it would move its uploads/ away and lose every write acknowledged after the
     swap, so a build into a served index is refused with what to do instead."""
     lock = out_dir / SERVED_LOCK
-    if not out_dir.is_dir():
+    if not (out_dir / MANIFEST).is_file():  # not an index (yet): nothing serves it
         return None
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
