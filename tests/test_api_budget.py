@@ -15,6 +15,7 @@ its own memory or its process lifetime is what is measured, else uvicorn in a th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -293,41 +294,51 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
     return True, got
 
 
+SLOW_CLIENTS = 30  # of each kind: trickling headers, silent, trickling body
+
+
 def test_slow_clients_are_timed_out(small_index, tmp_path: Path) -> None:
     index = _copy_index(small_index, tmp_path / "idx")
     env = {"IMAGEFINDER_HEADER_TIMEOUT": "2", "IMAGEFINDER_BODY_TIMEOUT": "2"}
     with api_process(index, env=env) as (url, _proc):
         port = int(url.rsplit(":", 1)[1])
-        # slow headers: a byte a second, never finishing; and a connection that sends nothing at all
-        header, silent = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
-        body = socket.create_connection(("127.0.0.1", port))
+
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port))
+        # slow headers (a byte a second, never finishing), connections that send nothing at all,
+        # and bodies that never arrive
+        headers = [connect() for _ in range(SLOW_CLIENTS)]
+        silent = [connect() for _ in range(SLOW_CLIENTS)]
+        bodies = [connect() for _ in range(SLOW_CLIENTS)]
         started = time.monotonic()
-        header.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        for sock in headers:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        for sock in bodies:
+            sock.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"id\"")
+        stop = threading.Event()
 
         def trickle() -> None:
-            for _ in range(20):
-                try:
-                    header.sendall(b"X")
-                except OSError:
-                    return
-                time.sleep(1.0)
+            while not stop.wait(1.0):
+                for sock in headers:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"X")
         threading.Thread(target=trickle, daemon=True).start()
-        body.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"id\"")
         try:
-            closed, _ = _closed_within(header, 15)
-            assert closed, "a client trickling its headers kept its connection"
+            assert all(_closed_within(sock, 15)[0] for sock in headers), "a client trickling its headers kept its connection"
             header_s = time.monotonic() - started
-            closed, _ = _closed_within(silent, 15)
-            assert closed, "a silent connection was kept open"
-            closed, answer = _closed_within(body, 15)
-            assert closed and answer.startswith(b"HTTP/1.1 408"), answer[:200]
-            assert b"did not arrive within 2 s" in answer
+            assert all(_closed_within(sock, 15)[0] for sock in silent), "a silent connection was kept open"
+            for sock in bodies:
+                closed, answer = _closed_within(sock, 15)
+                assert closed and answer.startswith(b"HTTP/1.1 408"), answer[:200]
+                assert b"did not arrive within 2 s" in answer
         finally:
-            for s in (header, silent, body):
-                s.close()
+            stop.set()
+            for sock in headers + silent + bodies:
+                sock.close()
         assert httpx.get(f"{url}/health").status_code == 200
-    print(f"\nslow-header connection closed after {header_s:.1f} s (IMAGEFINDER_HEADER_TIMEOUT=2)")
+    print(f"\n{SLOW_CLIENTS} slow-header connections closed after {header_s:.1f} s (IMAGEFINDER_HEADER_TIMEOUT=2), "
+          f"{SLOW_CLIENTS} silent ones closed, {SLOW_CLIENTS} slow bodies answered 408")
 
 
 # --- item 7: a served index refuses a rebuild ------------------------------------------------
