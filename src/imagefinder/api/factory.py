@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..finder import ImageFinder
+from .access import WriteAccess, policy_of
 from .errors import install_error_handlers
 from .routers import images, search, status
 from .sample_index import resolve_index
@@ -33,7 +34,10 @@ Find images that look like a query image.
   query string, the JSON body or the form.
 * **Images**: `GET /images/{id}` (the original), `GET /images/{id}/thumbnail`, `GET /images/{id}/info`.
 * **Change the index**: `POST /images` (upload or `{"url": ...}`) and `DELETE /images/{id}`; changes are
-  visible to the next search and persist across restarts.
+  visible to the next search and persist across restarts. With `IMAGEFINDER_API_TOKEN` set they need
+  `Authorization: Bearer <token>` (401 otherwise); without it they are accepted only from the server's own
+  machine. Cross-site browser requests are refused (403) either way, and so is every change on a
+  read-only server (`IMAGEFINDER_READ_ONLY=1`).
 
 Errors are JSON `{"detail": "..."}` saying what to fix.
 """
@@ -71,6 +75,7 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
 
     app = _make_fastapi(title="ImageFinder API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(WriteAccess, policy=policy_of(settings))  # inside CORS: refusals keep CORS headers
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)

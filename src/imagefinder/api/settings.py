@@ -13,6 +13,10 @@ Environment variables (all optional):
     IMAGEFINDER_SEARCH_CONCURRENCY  searches computed at once (default: one per CPU core); others
                                     wait their turn in arrival order
     IMAGEFINDER_MODEL_THREADS       onnxruntime threads per query (default 1; 0 = one per core)
+    IMAGEFINDER_API_TOKEN           when set, every change to the index (POST /images, DELETE ...)
+                                    needs `Authorization: Bearer <token>`; unset: changes are
+                                    accepted only from this machine (see imagefinder.access)
+    IMAGEFINDER_READ_ONLY           1/true/yes refuses every change to the index (403); off
     IMAGEFINDER_MAX_FILES, IMAGEFINDER_PRELOAD_MODEL, IMAGEFINDER_RELOAD_INTERVAL: see the fields
 
 `Settings()` reads the environment for every field not given; `Settings.from_env(mapping)` reads
@@ -28,7 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
@@ -82,6 +86,15 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in raw.split(",") if o.strip())
 
 
+def _token(name: str, raw: str) -> str | None:
+    token = raw.strip()
+    if not token:
+        return None
+    if not all(33 <= ord(ch) < 127 for ch in token):
+        raise ValueError(f"{name}: use printable ASCII without spaces (it is sent in an HTTP header)")
+    return token
+
+
 def _index(name: str, raw: str) -> Path:
     return Path(raw).expanduser()
 
@@ -91,6 +104,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "index_dir": _index, "max_upload_bytes": _int(1), "max_pixels": _int(1), "max_files": _int(1),
     "search_concurrency": _int(0), "model_threads": _int(0), "fetch_timeout": _seconds,
     "reload_interval": _seconds, "allow_private_urls": _bool, "preload_model": _bool, "cors_origins": _origins,
+    "api_token": _token, "read_only": _bool,
 }
 _BLANK_IS_DEFAULT = {"index_dir", "max_upload_bytes", "max_pixels", "max_files", "search_concurrency",
                      "model_threads", "fetch_timeout", "reload_interval"}
@@ -136,6 +150,9 @@ class Settings(BaseSettings):
     reload_interval: float = 1.0  # seconds between checks for index updates made by other processes
     search_concurrency: int = 0  # searches computed at once (0: one per CPU core); the rest queue in order
     model_threads: int = 1  # onnxruntime threads per query (0: one per CPU core)
+    api_token: SecretStr | None = None  # writes need it as a Bearer token (SecretStr: never in logs or repr)
+    read_only: bool = False  # refuse every write
+    read_only_reason: str = "the server was started with IMAGEFINDER_READ_ONLY=1"
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -163,10 +180,17 @@ class Settings(BaseSettings):
         return _PARSERS[field](env_name(field), value.strip() if field != "allow_private_urls" else value)
 
     @property
+    def token(self) -> str | None:
+        return self.api_token.get_secret_value() if self.api_token is not None else None
+
+    @property
     def max_body_bytes(self) -> int:
         """Whole request body: the image plus room for multipart headers and form fields."""
         return self.max_upload_bytes + MULTIPART_ROOM
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (settings are frozen: one object per server)."""
-        return self.model_validate({**self.model_dump(), **changes})
+        values = {**self.model_dump(), **changes}
+        if "api_token" not in changes:  # model_dump masks secrets: carry the value itself
+            values["api_token"] = self.api_token
+        return self.model_validate(values)
