@@ -256,16 +256,18 @@ def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarr
 
 
 def index_features(out: Path | str, features: np.ndarray, config: IndexConfig | None = None, *,
-                   sources: Sequence[str] | None = None, members: list | None = None) -> BuildReport:
+                   sources: Sequence[str] | None = None, members: list | None = None,
+                   metas: Sequence[dict] | None = None) -> BuildReport:
     """An artifact from features computed elsewhere (benchmarks, migrations): no images, no thumbnails.
 
-    `features` are raw backbone features, row = id (float16/float32, memory-mapped is fine).
+    `features` are raw backbone features, row = id (float16/float32, memory-mapped is fine);
+    `metas`, one dict per row, the metadata columns recorded with them.
     The index, tuning and manifest are built exactly as by `build_index`.
     """
     config = config or IndexConfig()
     start = time.perf_counter()
     sources = sources if sources is not None else [f"vector:{i}" for i in range(len(features))]
-    records = [Record(id=i, source=str(src)) for i, src in enumerate(sources)]
+    records = [Record(id=i, source=str(src), meta=dict(metas[i]) if metas else {}) for i, src in enumerate(sources)]
     writer = ArtifactWriter(Path(out))
     try:
         return finish_artifact(writer, records, features, config, members or [], [[0, features.shape[1]]],

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .filters import Condition, Filter
 from .layout import IndexError_
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,38 @@ SCHEMA_VERSION = 1
 def _visible(generation: int) -> str:
     """SQL condition for rows that exist in `generation` (later ones are uncommitted)."""
     return f"added_gen <= {int(generation)} AND (removed_gen IS NULL OR removed_gen > {int(generation)})"
+
+
+_NUMERIC_TEXT = "(trim({v}) GLOB '*[0-9]*' AND trim({v}) NOT GLOB '*[^0-9.eE+-]*')"
+
+
+def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
+    """One metadata condition; the JSON path is a parameter (never spliced into the SQL)."""
+    path = f'$."{c.column}"'
+    v = "CAST(json_extract(meta, ?) AS TEXT)"
+    if c.op == "=":
+        return f"{v} = ?", [path, c.value]
+    if c.op == "!=":  # rows without the column are "not equal" too
+        return f"{v} IS NOT ?", [path, c.value]
+    if c.number is None:  # text order (ISO dates sort as dates)
+        return f"{v} {c.op} ?", [path, c.value]
+    numeric = _NUMERIC_TEXT.format(v=v)
+    return f"({numeric} AND CAST({v} AS REAL) {c.op} ?)", [path, path, path, c.number]
+
+
+def filter_sql(flt: Filter | None) -> tuple[str, list[Any]]:
+    """` AND ...` restricting rows to those `flt` matches (empty for no filter), with its parameters."""
+    if flt is None or flt.empty:
+        return "", []
+    parts, params = [], []
+    if flt.source_prefix:
+        parts.append("substr(source, 1, ?) = ?")
+        params += [len(flt.source_prefix), flt.source_prefix]
+    for condition in flt.conditions:
+        sql, values = _condition_sql(condition)
+        parts.append(sql)
+        params += values
+    return "".join(f" AND {p}" for p in parts), params
 
 
 def _is_hot_journal(exc: sqlite3.OperationalError) -> bool:
@@ -205,6 +238,21 @@ class Items:
         if limit is not None:
             sql = f"SELECT id FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
         return np.array([r[0] for r in self._query(sql, (int(since),))], np.int64)
+
+    def matching_ids(self, generation: int, flt: Filter) -> np.ndarray:
+        """Ids of indexed images that `flt` matches, ascending (what a filtered search ranks)."""
+        where, params = filter_sql(flt)
+        rows = self._query(f"SELECT id FROM items WHERE status='ok' AND {_visible(generation)}{where} ORDER BY id",
+                           params)
+        return np.array([r[0] for r in rows], np.int64)
+
+    def page(self, generation: int, offset: int, limit: int, flt: Filter | None = None) -> tuple[int, list[Record]]:
+        """(how many indexed images match, `limit` of them from `offset`), newest (highest id) first."""
+        where, params = filter_sql(flt)
+        base = f"FROM items WHERE status='ok' AND {_visible(generation)}{where}"
+        total = int(self._query(f"SELECT COUNT(*) {base}", params)[0][0])
+        rows = self._query(f"SELECT * {base} ORDER BY id DESC LIMIT ? OFFSET ?", [*params, int(limit), int(offset)])
+        return total, [Record.from_row(r) for r in rows]
 
     def rows_of_generation(self, generation: int) -> int:
         """Rows (ids handed out) as of `generation`: the training size of indexes that predate its recording."""

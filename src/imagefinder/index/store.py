@@ -11,6 +11,7 @@ import numpy as np
 
 from . import spec
 from .faiss_ops import read_faiss, set_search_params
+from .filters import Filter
 from .items import Items
 from .layout import EMBEDDINGS, ITEMS, THUMBS, vectors_file
 from .manifest import read_manifest
@@ -79,6 +80,15 @@ class Store:
     def live_ids(self, since: int = 0, limit: int | None = None) -> np.ndarray:
         """Ids of indexed images (id >= since), ascending; the `limit` most recent if given."""
         return self.items.live_ids(self.generation, since, limit)
+
+    def matching_ids(self, flt: Filter) -> np.ndarray:
+        """Ids of indexed images that `flt` matches, ascending."""
+        return self.items.matching_ids(self.generation, flt)
+
+    def page(self, offset: int, limit: int, flt: Filter | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """(matching images, a page of their rows as dicts), newest first."""
+        total, rows = self.items.page(self.generation, offset, limit, flt)
+        return total, [asdict(r) for r in rows]
 
     def thumbnail_path(self, item_id: int) -> Path:
         return self.path / THUMBS / f"{int(item_id)}.jpg"
