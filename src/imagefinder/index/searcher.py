@@ -135,6 +135,8 @@ class RerankIndex(Searcher):
     of the spec.
     """
 
+    features: np.ndarray  # always given here
+
     def __init__(self, index: faiss.Index, features: np.ndarray, depth: int, space: str = "input") -> None:
         super().__init__(index, features)
         self.depth, self.rerank_space = int(depth), space
