@@ -18,12 +18,13 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..finder import ImageFinder, Result
+from ..index.filters import Filter, FilterError
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
 from .uploads import CheckedImage, check_image
-from .writes import UploadWriter
+from .writes import UPLOADS, UploadWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,18 +65,29 @@ class Service:
         s = self.settings
         return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels, what=what)
 
-    def search_upload(self, data: bytes, k: int, metric: str) -> tuple[CheckedImage, list[Result]]:
-        image = self.check(data)
-        return image, self.search_image(image, k, metric)
+    def filter_of(self, where: list[str], source_prefix: str | None) -> Filter | None:
+        """The request's metadata filter (None: none); an `uploads/` prefix means this server's uploads."""
+        if source_prefix and source_prefix.startswith(f"{UPLOADS}/"):
+            source_prefix = f"{self.writer.uploads}/{source_prefix[len(UPLOADS) + 1:]}"
+        try:
+            flt = Filter.parse(where, source_prefix)
+        except FilterError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return None if flt.empty else flt
 
-    def search_image(self, image: CheckedImage, k: int, metric: str) -> list[Result]:
+    def search_upload(self, data: bytes, k: int, metric: str, where: Filter | None = None,
+                      what: str = "the file") -> tuple[CheckedImage, list[Result]]:
+        image = self.check(data, what)
+        return image, self.search_image(image, k, metric, where)
+
+    def search_image(self, image: CheckedImage, k: int, metric: str, where: Filter | None = None) -> list[Result]:
         self.refresh()
-        return self.finder.search(image.decoded.image, k=k, metric=metric)
+        return self.finder.search(image.decoded.image, k=k, metric=metric, where=where)
 
-    def search_id(self, image_id: int, k: int, metric: str) -> list[Result]:
+    def search_id(self, image_id: int, k: int, metric: str, where: Filter | None = None) -> list[Result]:
         self.refresh()
         try:
-            return self.finder.search_id(image_id, k=k, metric=metric)
+            return self.finder.search_id(image_id, k=k, metric=metric, where=where)
         except KeyError:
             raise HTTPException(404, f"no indexed image with id {image_id}") from None
 
@@ -110,9 +122,16 @@ class Service:
 
 
 def _urls(request: Request, image_id: int) -> dict[str, str]:
-    """Absolute URLs as this request reached the server (host and root path included)."""
-    base = str(request.base_url).rstrip("/")
-    return {"thumbnail_url": f"{base}/images/{image_id}/thumbnail", "image_url": f"{base}/images/{image_id}"}
+    """URLs relative to the request's own URL ("images/5" from /search, "../images/5" from /search/batch).
+
+    A client resolves them like links, so they stay right behind any proxy or path prefix (the
+    page's /api/ forwarder) without the server trusting X-Forwarded-* headers to build them."""
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    up = "../" * max(path.count("/") - 1, 0)
+    return {"thumbnail_url": f"{up}images/{image_id}/thumbnail", "image_url": f"{up}images/{image_id}"}
 
 
 async def get_service(request: Request) -> Service:

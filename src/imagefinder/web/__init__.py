@@ -37,7 +37,8 @@ __all__ = ["DEFAULT_API_URL", "create_app", "main"]
 
 log = logging.getLogger(__name__)
 
-_FORWARDED_PATH = re.compile(r"^(search|stats|health|images(/\d{1,16}(/thumbnail|/info)?)?)$")
+_FORWARDED_PATH = re.compile(r"^(search(/batch)?|stats|health|images(/\d{1,16}(/thumbnail|/info)?)?)$")
+_READS = ("search", "search/batch")  # POSTs that change nothing
 _RESPONSE_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "www-authenticate")
 
 
@@ -72,7 +73,7 @@ def create_app(api_url: str | None = None, *, proxy: bool = True, timeout: float
         if not _FORWARDED_PATH.match(sub):
             return _error(404, f"no such API endpoint: /{sub}")
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
-        if request.method != "GET" and sub != "search":
+        if request.method != "GET" and sub not in _READS:
             try:
                 headers.update(_write_headers())
             except AccessDenied as exc:
