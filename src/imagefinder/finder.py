@@ -197,8 +197,14 @@ class ImageFinder:
         return [self._results(store, h[:k]) for h in hits]
 
     def _image(self, query: Query) -> Image.Image:
-        image = query if isinstance(query, Image.Image) else open_image(self._query_bytes(query)).image
-        return image.convert("RGB")
+        if isinstance(query, Image.Image):
+            return query.convert("RGB")
+        try:
+            return open_image(self._query_bytes(query)).image.convert("RGB")
+        except ImageError as exc:  # say which query it was: a batch has several
+            if isinstance(query, bytes) or str(exc).startswith(f"{query}:"):
+                raise
+            raise ImageError(f"{query}: {exc}") from exc
 
     def _results(self, store: Store, hits: list[Hit]) -> list[Result]:
         rows = store.records([h.id for h in hits])

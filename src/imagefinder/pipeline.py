@@ -38,9 +38,10 @@ from .index import (
     recover,
     writer_lock,
 )
+from .ingest.decode import path_text
 from .ingest.download import DownloadConfig
 from .ingest.journal import Journal, model_fingerprint
-from .ingest.sources import Item, expand_nonempty
+from .ingest.sources import Item, expand_nonempty, is_url
 from .ingest.stages import Loaded
 from .models import registry
 from .runners.base import Runner
@@ -97,7 +98,7 @@ def build_index(
             records, raw, resumed = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size,
                                                 workers=workers, progress=progress, download=download,
                                                 runner=runner, journal=journal)
-            report = _finish(writer, records, raw, config, embedder, start)
+            report = _finish(writer, records, raw, config, embedder, start, folders_of(sources))
         except BaseException:
             writer.abort()
             raise
@@ -209,14 +210,21 @@ def remove_from_index(path: Path | str, ids: Sequence[int]) -> int:
     return len(live)
 
 
+def folders_of(sources: Sequence[str]) -> list[str]:
+    """The folders among `sources`, absolute: what `imagefinder sync` re-scans later."""
+    return [path_text(Path(s).expanduser().resolve()) for s in sources if not is_url(s) and Path(s).expanduser().is_dir()]
+
+
 def _finish(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
-            embedder: Embedder, start: float) -> BuildReport:
+            embedder: Embedder, start: float, folders: list[str] | None = None) -> BuildReport:
     """Reduce + index the good vectors, label clusters, write the artifact."""
-    return finish_artifact(writer, records, raw, config, embedder.info(), embedder.member_slices, embedder.dim, start)
+    return finish_artifact(writer, records, raw, config, embedder.info(), embedder.member_slices, embedder.dim, start,
+                           folders)
 
 
 def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
-                    members: list, member_slices: list, dim: int, start: float) -> BuildReport:
+                    members: list, member_slices: list, dim: int, start: float,
+                    folders: list[str] | None = None) -> BuildReport:
     """Everything after the features: choose/train/tune the index (or fill the Milvus store), write."""
     ok = np.array([r.id for r in records if r.status == "ok"], dtype=np.int64)
     built = build_vectors(raw, ok, config, rows=len(records))
@@ -239,6 +247,8 @@ def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarr
     report = _report(writer.out_dir, records, built.spec, time.perf_counter() - start)
     counts = Counts(items=report.items, indexed=report.indexed, failed=report.failed)
     extra["build_seconds"] = round(report.seconds, 3)
+    if folders:
+        extra["folders"] = folders
     manifest = make_manifest(config, members, built.spec, dim, counts,
                              {**extra, "member_slices": [list(s) for s in member_slices],
                               "failure_reasons": report.failure_reasons})
