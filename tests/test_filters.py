@@ -95,3 +95,23 @@ def test_filter_semantics(tmp_path: Path, data) -> None:
             continue
         with pytest.raises(FilterError):
             Filter.parse([bad])
+
+
+def test_milvus_store_filters_inside_its_search(tmp_path: Path, data) -> None:
+    """Milvus Lite: the filter goes to Milvus as an `id in [...]` expression."""
+    pytest.importorskip("milvus_lite")
+    x, order, metas = data
+    n = 600  # Milvus Lite is slow (a test double): a smaller collection
+    sub = x[:n]
+    sub_order = np.argsort(-(sub @ sub[0]), kind="stable")
+    far = set(sub_order[-20:].tolist())
+    sub_metas = [{"tier": "far" if i in far else "near"} for i in range(n)]
+    index_features(tmp_path / "index", sub, IndexConfig(spec="Flat", store=str(tmp_path / "vectors.db")),
+                   metas=sub_metas)
+    finder = ImageFinder(tmp_path / "index")
+    try:
+        assert not any(sub_metas[r.id]["tier"] == "far" for r in finder.search_vectors(sub[:1], K)[0])
+        results = finder.search_vectors(sub[:1], K, where=Filter.parse(["tier=far"]))[0]
+        assert [r.id for r in results] == [int(i) for i in sub_order if int(i) in far][:K]
+    finally:
+        finder.close()
