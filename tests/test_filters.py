@@ -100,7 +100,7 @@ def test_filter_semantics(tmp_path: Path, data) -> None:
 def test_milvus_store_filters_inside_its_search(tmp_path: Path, data) -> None:
     """Milvus Lite: the filter goes to Milvus as an `id in [...]` expression."""
     pytest.importorskip("milvus_lite")
-    x, order, metas = data
+    x = data[0]
     n = 600  # Milvus Lite is slow (a test double): a smaller collection
     sub = x[:n]
     sub_order = np.argsort(-(sub @ sub[0]), kind="stable")

@@ -137,8 +137,9 @@ class IdSelection:
     def __init__(self, index: faiss.Index, allowed: np.ndarray, rows: int) -> None:
         allowed = np.asarray(allowed, np.int64)
         rows = max(int(rows), int(allowed.max()) + 1 if len(allowed) else 0)
-        self.bitmap = np.zeros((rows + 7) // 8, np.uint8)
-        np.bitwise_or.at(self.bitmap, allowed >> 3, (1 << (allowed & 7)).astype(np.uint8))
+        bits = np.zeros(rows, bool)
+        bits[allowed] = True
+        self.bitmap = np.packbits(bits, bitorder="little")  # bit i of byte i // 8 = id i, as FAISS reads it
         self.selector = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(self.bitmap))
         fraction = max(len(allowed), 1) / max(int(index.ntotal), 1)
         ivf, hnsw = ivf_of(index), hnsw_of(index)
