@@ -160,6 +160,7 @@ def test_token_missing_wrong_and_right(base_index: Path, tmp_path: Path) -> None
                             trust_env=False)
         assert gone.status_code == 200 and gone.json() == {"id": new_id, "removed": True}
         assert count(api.url) == before
+        assert httpx.get(f"{api.url}/stats", trust_env=False).json()["writes"] == "token"
         # reads need nothing
         search = httpx.post(f"{api.url}/search", json={"id": 0, "k": 3}, trust_env=False, timeout=60)
         assert search.status_code == 200 and len(search.json()["results"]) == 3
@@ -174,12 +175,14 @@ def test_read_only_refuses_every_write(base_index: Path, tmp_path: Path) -> None
         detail(httpx.delete(f"{api.url}/images/0", headers=auth, trust_env=False), 403, "read-only")
         assert httpx.post(f"{api.url}/search", json={"id": 0}, trust_env=False, timeout=60).status_code == 200
         assert httpx.get(f"{api.url}/images/0/info", trust_env=False).status_code == 200
+        assert httpx.get(f"{api.url}/stats", trust_env=False).json()["writes"] == "read-only"
 
 
 def test_foreign_origin_simple_multipart_post_is_refused(base_index: Path, tmp_path: Path) -> None:
     """What any web page could do: a <form enctype=multipart/form-data> POST needs no CORS preflight."""
     with api_server(base_index, tmp_path) as api:
         before = count(api.url)
+        assert httpx.get(f"{api.url}/stats", trust_env=False).json()["writes"] == "this-machine"
         detail(upload(api.url, 4, Origin=EVIL), 403, "cross-site", "evil.example")
         detail(upload(api.url, 4, **{"Sec-Fetch-Site": "cross-site"}), 403, "cross-site")
         detail(upload(api.url, 4, Origin="null"), 403, "cross-site")

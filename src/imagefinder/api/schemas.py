@@ -179,6 +179,10 @@ class Stats(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_k: int
+    writes: Literal["token", "this-machine", "read-only"] = Field(
+        "this-machine", description="who may add and delete images: token = with `Authorization: Bearer <token>`; "
+                                    "this-machine = from the server's own machine only (no token set); "
+                                    "read-only = nobody")
 
 
 class Health(BaseModel):
