@@ -66,6 +66,7 @@ def sync_index(path: Path | str, folders: Sequence[str] = (), *, embedder: Embed
         recover(path, manifest)
         scanned = _folders(path, list(manifest.folders or []), folders)
         since = manifest.synced_at if manifest.synced_at is not None else _build_time(path)
+        scan_started = time.time()  # before the scan: a file changed while it runs is checked next time
         store = Store(path)
         try:
             indexed = {s: i for s, i in store.ids_by_source().items() if _under(s, scanned)}
@@ -78,7 +79,6 @@ def sync_index(path: Path | str, folders: Sequence[str] = (), *, embedder: Embed
         gone = [i for s, i in indexed.items() if s not in present]
         report = SyncReport(scanned, changed=len(changed), removed=len(gone),
                             unchanged=len(present) - len(new) - len(changed))
-        scan_started = time.time()
         report.added = len(new)
         if not dry_run and (new or changed or gone):
             failed = _commit(path, new + list(changed), gone + list(changed.values()), embedder, progress)
