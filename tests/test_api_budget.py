@@ -446,8 +446,8 @@ def test_result_urls_never_echo_the_host_header(served: str, small_index, tmp_pa
     r = httpx.post(f"{served}/search", json={"id": 0}, params={"k": 3}, headers={"Host": "evil.example"})
     assert r.status_code == 200, r.text
     for hit in r.json()["results"]:
-        assert hit["thumbnail_url"] == f"/images/{hit['id']}/thumbnail"
-        assert hit["image_url"] == f"/images/{hit['id']}"
+        assert hit["thumbnail_url"] == f"images/{hit['id']}/thumbnail"
+        assert hit["image_url"] == f"images/{hit['id']}"
     assert "evil.example" not in r.text
     index = _copy_index(small_index, tmp_path / "idx")
     server = start_asgi(create_app(index, Settings(cors_origins=(), public_url="https://img.example.org/find")))

@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..access import is_loopback_bind
 from .settings import INDEX_VAR, Settings, SettingsError, env_name
+
+EXPOSED_READ_ONLY = ("it listens on {host}, beyond this machine, without IMAGEFINDER_API_TOKEN; set a token "
+                     "to accept changes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let {\"url\": ...} reach localhost and private networks (only for a local server)")
     p.add_argument("--cors-origins", metavar="LIST",
                    help="comma-separated origins allowed to call the API from browsers ('*' for any)")
+    p.add_argument("--read-only", action="store_true", default=None,
+                   help="refuse every change to the index (same as IMAGEFINDER_READ_ONLY=1)")
     p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -89,7 +95,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         changes["allow_private_urls"] = True
     if args.cors_origins is not None:
         changes["cors_origins"] = args.cors_origins  # parsed like $IMAGEFINDER_CORS_ORIGINS
-    return Settings.from_env().with_changes(**changes)
+    if args.read_only:
+        changes["read_only"] = True
+    return guard_exposed(Settings.from_env().with_changes(**changes), args.host)
+
+
+def guard_exposed(settings: Settings, host: str) -> Settings:
+    """A server listening beyond this machine without a token serves searches only (read-only)."""
+    if is_loopback_bind(host) or settings.token is not None or settings.read_only:
+        return settings
+    print(f"imagefinder api: warning: read-only: {EXPOSED_READ_ONLY.format(host=host)}", file=sys.stderr)
+    return settings.with_changes(read_only=True, read_only_reason=EXPOSED_READ_ONLY.format(host=host))
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -122,3 +138,5 @@ def _export(settings: Settings) -> None:
     os.environ[env_name("max_upload_bytes")] = str(settings.max_upload_bytes)
     os.environ[env_name("allow_private_urls")] = "1" if settings.allow_private_urls else "0"
     os.environ[env_name("cors_origins")] = ",".join(settings.cors_origins)
+    os.environ[env_name("read_only")] = "1" if settings.read_only else "0"
+    os.environ[env_name("read_only_reason")] = settings.read_only_reason

@@ -19,13 +19,14 @@ from starlette.concurrency import run_in_threadpool
 
 from ..finder import ImageFinder, Result
 from ..index import ServeLock
+from ..index.filters import Filter, FilterError
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
 from .fetching import FetchPool
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
 from .uploads import CheckedImage, check_image
-from .writes import UploadWriter
+from .writes import UPLOADS, UploadWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,18 +73,29 @@ class Service:
         s = self.settings
         return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.pixel_limit, what=what)
 
-    def search_upload(self, data: bytes, k: int, metric: str) -> tuple[CheckedImage, list[Result]]:
-        image = self.check(data)
-        return image, self.search_image(image, k, metric)
+    def filter_of(self, where: list[str], source_prefix: str | None) -> Filter | None:
+        """The request's metadata filter (None: none); an `uploads/` prefix means this server's uploads."""
+        if source_prefix and source_prefix.startswith(f"{UPLOADS}/"):
+            source_prefix = f"{self.writer.uploads}/{source_prefix[len(UPLOADS) + 1:]}"
+        try:
+            flt = Filter.parse(where, source_prefix)
+        except FilterError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return None if flt.empty else flt
 
-    def search_image(self, image: CheckedImage, k: int, metric: str) -> list[Result]:
+    def search_upload(self, data: bytes, k: int, metric: str, where: Filter | None = None,
+                      what: str = "the file") -> tuple[CheckedImage, list[Result]]:
+        image = self.check(data, what)
+        return image, self.search_image(image, k, metric, where)
+
+    def search_image(self, image: CheckedImage, k: int, metric: str, where: Filter | None = None) -> list[Result]:
         self.refresh()
-        return self.finder.search(image.decoded.image, k=k, metric=metric)
+        return self.finder.search(image.decoded.image, k=k, metric=metric, where=where)
 
-    def search_id(self, image_id: int, k: int, metric: str) -> list[Result]:
+    def search_id(self, image_id: int, k: int, metric: str, where: Filter | None = None) -> list[Result]:
         self.refresh()
         try:
-            return self.finder.search_id(image_id, k=k, metric=metric)
+            return self.finder.search_id(image_id, k=k, metric=metric, where=where)
         except KeyError:
             raise HTTPException(404, f"no indexed image with id {image_id}") from None
 
@@ -123,10 +135,20 @@ class Service:
 
 
 def _urls(request: Request, image_id: int, public_url: str | None) -> dict[str, str]:
-    """URLs of an image: under the configured public URL, else relative to this server (its root
-    path included). Never built from the request's Host header, which any client can set."""
-    base = public_url or str(request.scope.get("root_path") or "").rstrip("/")
-    return {"thumbnail_url": f"{base}/images/{image_id}/thumbnail", "image_url": f"{base}/images/{image_id}"}
+    """URLs of an image: under the configured public URL, else relative to the request's own URL
+    ("images/5" from /search, "../images/5" from /search/batch).
+
+    A client resolves relative ones like links, so they stay right behind any proxy or path prefix
+    (the page's /api/ forwarder); neither form is built from the client's Host header."""
+    if public_url:
+        return {"thumbnail_url": f"{public_url}/images/{image_id}/thumbnail",
+                "image_url": f"{public_url}/images/{image_id}"}
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    up = "../" * max(path.count("/") - 1, 0)
+    return {"thumbnail_url": f"{up}images/{image_id}/thumbnail", "image_url": f"{up}images/{image_id}"}
 
 
 async def get_service(request: Request) -> Service:

@@ -20,6 +20,10 @@ Environment variables (all optional):
     IMAGEFINDER_BODY_TIMEOUT        seconds a client has to send a request's body (default 60)
     IMAGEFINDER_PUBLIC_URL          base of the thumbnail/image URLs in responses (e.g.
                                     https://img.example.org); default: URLs relative to the server
+    IMAGEFINDER_API_TOKEN           when set, every change to the index (POST /images, DELETE ...)
+                                    needs `Authorization: Bearer <token>`; unset: changes are
+                                    accepted only from this machine (see imagefinder.access)
+    IMAGEFINDER_READ_ONLY           1/true/yes refuses every change to the index (403); off
     IMAGEFINDER_MAX_FILES, IMAGEFINDER_PRELOAD_MODEL, IMAGEFINDER_RELOAD_INTERVAL: see the fields
 
 `Settings()` reads the environment for every field not given; `Settings.from_env(mapping)` reads
@@ -36,7 +40,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
@@ -95,6 +99,13 @@ def _public_url(name: str, raw: str) -> str:
     if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", raw):
         raise ValueError(f"{name}={raw!r}: expected an http(s) URL such as https://images.example.org")
     return raw.rstrip("/")
+def _token(name: str, raw: str) -> str | None:
+    token = raw.strip()
+    if not token:
+        return None
+    if not all(33 <= ord(ch) < 127 for ch in token):
+        raise ValueError(f"{name}: use printable ASCII without spaces (it is sent in an HTTP header)")
+    return token
 
 
 def _index(name: str, raw: str) -> Path:
@@ -108,6 +119,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "reload_interval": _seconds, "allow_private_urls": _bool, "preload_model": _bool, "cors_origins": _origins,
     "fetch_workers": _int(1), "fetch_per_host": _int(1), "header_timeout": _seconds, "body_timeout": _seconds,
     "public_url": _public_url,
+    "api_token": _token, "read_only": _bool,
 }
 _BLANK_IS_DEFAULT = {"index_dir", "max_upload_bytes", "max_pixels", "max_files", "search_concurrency",
                      "model_threads", "fetch_timeout", "reload_interval", "fetch_workers", "fetch_per_host",
@@ -159,6 +171,9 @@ class Settings(BaseSettings):
     header_timeout: float = 10.0  # seconds to send a request's headers; then the connection is closed
     body_timeout: float = 60.0  # seconds to send a request's body; then 408
     public_url: str | None = None  # base of result URLs; None: relative URLs (never the client's Host header)
+    api_token: SecretStr | None = None  # writes need it as a Bearer token (SecretStr: never in logs or repr)
+    read_only: bool = False  # refuse every write
+    read_only_reason: str = "the server was started with IMAGEFINDER_READ_ONLY=1"
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -186,6 +201,10 @@ class Settings(BaseSettings):
         return _PARSERS[field](env_name(field), value.strip() if field != "allow_private_urls" else value)
 
     @property
+    def token(self) -> str | None:
+        return self.api_token.get_secret_value() if self.api_token is not None else None
+
+    @property
     def max_body_bytes(self) -> int:
         """Whole request body: the image plus room for multipart headers and form fields."""
         return self.max_upload_bytes + MULTIPART_ROOM
@@ -197,4 +216,7 @@ class Settings(BaseSettings):
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (settings are frozen: one object per server)."""
-        return self.model_validate({**self.model_dump(), **changes})
+        values = {**self.model_dump(), **changes}
+        if "api_token" not in changes:  # model_dump masks secrets: carry the value itself
+            values["api_token"] = self.api_token
+        return self.model_validate(values)

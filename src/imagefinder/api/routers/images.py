@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...ingest.decode import sniff_image_type
-from ..errors import ERRORS
+from ..errors import ERRORS, WRITE_ERRORS
 from ..params import ADD_FORM, ImageId, json_body, media_type, openapi_body
 from ..schemas import AddedImage, AddRequest, AddResponse, DeleteResponse, ImageInfo
 from ..service import ServiceDep
@@ -56,7 +56,7 @@ def image_info(request: Request, image_id: ImageId, service: ServiceDep) -> Imag
 
 
 @router.post("/images", response_model=AddResponse, status_code=201, responses={
-    **ERRORS, 200: {"model": AddResponse, "description": "every image was already indexed"}},
+    **WRITE_ERRORS, 200: {"model": AddResponse, "description": "every image was already indexed"}},
     summary="Add images to the index (upload or URL)",
     openapi_extra=openapi_body(AddRequest, ADD_FORM, "uploaded image(s) (multipart), or JSON with `url`"))
 async def add_images(request: Request, service: ServiceDep) -> Response:
@@ -93,7 +93,7 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
     return JSONResponse(payload.model_dump(mode="json"), status_code=status)
 
 
-@router.delete("/images/{image_id}", response_model=DeleteResponse, responses=ERRORS,
+@router.delete("/images/{image_id}", response_model=DeleteResponse, responses=WRITE_ERRORS,
                summary="Remove an image from the index")
 def delete_image(image_id: ImageId, service: ServiceDep) -> DeleteResponse:
     if not service.writer.remove(image_id):
