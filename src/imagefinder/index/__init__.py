@@ -31,14 +31,14 @@ from .spec import IndexConfig, is_exact
 from .store import Store
 
 if TYPE_CHECKING:
-    from .artifact import ArtifactWriter, writer_lock
+    from .artifact import ArtifactWriter, ServeLock, writer_lock
     from .drift import drift_report
     from .update import commit_update, rebuild, recover
     from .vectors import build_vectors
 
 # The write side is imported on first use (PEP 562): a search opens a Store and needs none of
 # it (nor filelock, K-Means, tuning); `imagefinder search` starts faster for it.
-_LAZY = {"ArtifactWriter": "artifact", "writer_lock": "artifact", "drift_report": "drift",
+_LAZY = {"ArtifactWriter": "artifact", "ServeLock": "artifact", "writer_lock": "artifact", "drift_report": "drift",
          "commit_update": "update", "rebuild": "update", "recover": "update", "build_vectors": "vectors"}
 
 
@@ -50,6 +50,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EMBEDDINGS", "MANIFEST", "THUMBS", "ArtifactWriter", "Counts", "IndexConfig", "IndexError_", "Manifest",
-    "Record", "Store", "VectorIndex", "build_vectors", "commit_update", "drift_report", "is_exact", "make_manifest",
+    "Record", "ServeLock", "Store", "VectorIndex", "build_vectors", "commit_update", "drift_report", "is_exact", "make_manifest",
     "read_manifest", "rebuild", "recover", "transform", "unit_rows", "writer_lock",
 ]
