@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .options import (
@@ -17,6 +16,7 @@ from .options import (
     progress,
     query_options,
 )
+from .terminal import say, say_json
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
@@ -41,13 +41,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     results = finder.search(args.query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
                             rerank=args.rerank, rerank_budget=args.rerank_budget)
     if args.json:
-        print(json.dumps({"query": args.query, "metric": args.metric,
-                          "results": [r.to_dict() for r in results]}))
+        say_json({"query": args.query, "metric": args.metric, "results": [r.to_dict() for r in results]})
     else:
         label = "distance" if args.metric == "euclidean" else "score"
-        print(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
+        say(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
         for r in results:
-            print(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
+            say(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
     return EXIT_OK if results else EXIT_EMPTY
 
 
@@ -88,15 +87,15 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
                                progress=progress(args)).path
         result = duplicates_of_path(path, near=args.threshold, similar=args.similar, neighbours=args.neighbours)
     if args.json:
-        print(json.dumps({**result, **{t: [g.to_dict() for g in result[t]] for t in TIERS}}))
+        say_json({**result, **{t: [g.to_dict() for g in result[t]] for t in TIERS}})
         return EXIT_OK
     th = result["thresholds"]
-    print(f"near-duplicates: {th['near_by']}; similar: cosine >= {th['similar']:.3f} ({result['model']})")
+    say(f"near-duplicates: {th['near_by']}; similar: cosine >= {th['similar']:.3f} ({result['model']})")
     for tier in TIERS:
         groups = result[tier]
-        print(f"\n{tier}: {len(groups)} group(s)")
+        say("", f"{tier}: {len(groups)} group(s)")
         for g in groups:
-            print(f"  [{g.score:.3f}] " + "  ".join(g.sources))  # lowest cosine inside the group
+            say(f"  [{g.score:.3f}] " + "  ".join(g.sources))  # lowest cosine inside the group
     return EXIT_OK
 
 
