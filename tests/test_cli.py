@@ -61,7 +61,8 @@ def test_search_json_contract(cli_index, photos: Path, cli) -> None:
     assert proc.returncode == 0, proc.stderr
     payload = _last_json(proc.stdout)
     assert isinstance(payload, dict) and {"query", "results"} <= set(payload)
-    assert payload["query"] == str(query)
+    assert payload["query"] == {"type": "file", "path": str(query), "filename": query.name, "id": None, "url": None,
+                                "width": None, "height": None}
     results = payload["results"]
     assert isinstance(results, list) and len(results) == 4
     for i, r in enumerate(results, 1):
@@ -213,7 +214,8 @@ def test_whiten_without_pca_exits_2(photos: Path, tmp_path: Path, cli) -> None:
 
 HELP = {
     "index": ["--out", "--model", "--pca", "--whiten", "--clusters", "--json", "--batch-size", "--workers"],
-    "search": ["-k", "--metric", "--json", "cosine", "euclidean", "vote"],
+    "search": ["-k", "--metric", "--json", "cosine", "euclidean", "vote", "--where", "--source-prefix"],
+    "sync": ["--dry-run", "--json", "FOLDER"],
     "evaluate": ["--metric", "--out", "--json", "--model", "DATA_DIR"],
     "info": ["--json", "DIR"],
     "demo": ["--dir", "-k"],

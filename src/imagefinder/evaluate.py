@@ -34,6 +34,7 @@ import numpy as np
 
 from .finder import ImageFinder
 from .index import IndexConfig
+from .index.searcher import Searcher
 from .ingest.decode import ImageError, open_image
 from .ingest.sources import SourceError
 from .pipeline import build_index
@@ -158,7 +159,7 @@ def _space(finder: ImageFinder, options: SearchOptions) -> SearchSpace:
     # QE and the raw-feature metrics read `embeddings`: give them the augmented vectors too.
     embeddings = np.zeros((finder.manifest.rows, augmented.shape[1]), np.float32)
     embeddings[ids] = augmented
-    return SearchSpace(index, embeddings, space.members, True, space.weights)
+    return SearchSpace(Searcher(index), embeddings, space.members, True, space.weights)
 
 
 def _rank(finder: ImageFinder, space: SearchSpace, vectors: np.ndarray, options: SearchOptions,

@@ -20,10 +20,12 @@ from PIL import Image
 
 from .embed import Embedder
 from .index import IndexError_, Manifest, Store, is_exact, read_manifest
+from .index.filters import Filter
 from .ingest.decode import ImageError, open_image
 from .ingest.download import fetch
 from .ingest.sources import is_url
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
+from .runners.base import Runner
 from .search import Hit, SearchSpace, search
 
 if TYPE_CHECKING:
@@ -83,10 +85,12 @@ class ImageFinder:
             return True
         return False
 
-    def add(self, sources: list[str], progress: bool = False) -> BuildReport:
-        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search."""
+    def add(self, sources: list[str], progress: bool = False, runner: Runner | None = None) -> BuildReport:
+        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search.
+
+        `runner`: who loads and embeds them (default: the local thread pool)."""
         with self._write_lock:
-            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress)
+            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress, runner=runner)
             self.reload()
         return report
 
@@ -147,21 +151,23 @@ class ImageFinder:
         return path
 
     def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
-               rerank: int = 0, rerank_budget: float | None = 2.0) -> list[Result]:
+               rerank: int = 0, rerank_budget: float | None = 2.0, where: Filter | None = None) -> list[Result]:
         """Top-k images for a query image.
 
         qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
         rerank: spatially verify the top `rerank` results with local features (see `rerank`),
         spending at most `rerank_budget` seconds on it.
+        where: only images this metadata filter matches (`Filter.parse(["year>=2000"])`).
         """
         image = self._image(query) if rerank else None
         vector = self.embedder.embed_images([image])[0] if image is not None else self.embed(query)
         local = self.reranker().query_features(image) if image is not None else None
         return self.search_vectors(vector[None], k, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
-                                   rerank_budget=rerank_budget, local_queries=[local] if rerank else None)[0]
+                                   rerank_budget=rerank_budget, local_queries=[local] if rerank else None,
+                                   where=where)[0]
 
     def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
-                  rerank: int = 0, rerank_budget: float | None = 2.0) -> list[Result]:
+                  rerank: int = 0, rerank_budget: float | None = 2.0, where: Filter | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
         store = self.store
         record = store.records([item_id]).get(item_id, {})
@@ -172,19 +178,21 @@ class ImageFinder:
             local = [self.reranker().cache.get(item_id, record, store.thumbnail_path(item_id))]
         return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric, qe=qe,
                                    qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
-                                   local_queries=local)[0]
+                                   local_queries=local, where=where)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine", *, qe: int = 0,
                        qe_alpha: float = 3.0, rerank: int = 0, rerank_budget: float | None = 2.0,
-                       local_queries: list | None = None) -> list[list[Result]]:
-        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`."""
+                       local_queries: list | None = None, where: Filter | None = None) -> list[list[Result]]:
+        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`;
+        `where` keeps only the images a metadata filter matches (applied inside the vector search)."""
         store = self.store  # one consistent generation even if an update lands meanwhile
         if store.index is None:
             return [[] for _ in range(len(queries))]
         if rerank and metric == "euclidean":
             raise ValueError("re-ranking adds to similarity scores: use it with cosine, vote or fusion, not euclidean")
         depth = max(k, rerank) if rerank else k
-        hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha)
+        allowed = None if where is None or where.empty else store.matching_ids(where)
+        hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha, allowed=allowed)
         if rerank and local_queries is not None:
             reranker = self.reranker()
             hits = [h if lf is None else reranker.rerank(lf, h, store, top=rerank, budget_s=rerank_budget)
@@ -192,8 +200,14 @@ class ImageFinder:
         return [self._results(store, h[:k]) for h in hits]
 
     def _image(self, query: Query) -> Image.Image:
-        image = query if isinstance(query, Image.Image) else open_image(self._query_bytes(query)).image
-        return image.convert("RGB")
+        if isinstance(query, Image.Image):
+            return query.convert("RGB")
+        try:
+            return open_image(self._query_bytes(query)).image.convert("RGB")
+        except ImageError as exc:  # say which query it was: a batch has several
+            if isinstance(query, bytes) or str(exc).startswith(f"{query}:"):
+                raise
+            raise ImageError(f"{query}: {exc}") from exc
 
     def _results(self, store: Store, hits: list[Hit]) -> list[Result]:
         rows = store.records([h.id for h in hits])

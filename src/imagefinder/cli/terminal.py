@@ -6,7 +6,7 @@ an OSC sequence can retitle the window or write the clipboard, a NUL or a lone s
 or crash the output. `escape` writes every C0/C1 control, DEL, the bidirectional overrides
 (which reorder what is shown) and lone surrogates as visible ``\\xNN`` / ``\\uNNNN`` text; each
 `say` argument is one line (a newline inside the data is escaped too). JSON output stays JSON:
-``json.dumps`` escapes controls and non-ASCII already, DEL is the one it leaves raw.
+what is escaped can only stand inside a JSON string, where ``\\uNNNN`` means the same character.
 Log records (`EscapingFormatter`) and argparse's messages (`ArgumentParser`) are escaped alike.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
-__all__ = ["ArgumentParser", "EscapingFormatter", "escape", "say", "say_json"]
+__all__ = ["ArgumentParser", "EscapingFormatter", "escape", "say", "say_json", "say_json_text"]
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
@@ -46,7 +46,15 @@ def say(*lines: object, err: bool = False) -> None:
 
 def say_json(value: Any) -> None:
     """Print `value` as one line of JSON, every control character escaped (still valid JSON)."""
-    print(json.dumps(value).replace("\x7f", "\\u007f"))
+    say_json_text(json.dumps(value))
+
+
+def say_json_text(text: str) -> None:
+    """Print JSON already serialised (pydantic's, which leaves C1 controls and bidi overrides raw), escaped.
+
+    Such characters can only stand inside JSON strings, where ``\\uNNNN`` means the same.
+    """
+    print(_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text), flush=True)
 
 
 class EscapingFormatter(logging.Formatter):

@@ -17,7 +17,7 @@
 Other modules import from here; tests and benchmarks may reach into the submodules.
 """
 
-from .artifact import ArtifactWriter, writer_lock
+from .artifact import ArtifactWriter, ServeLock, writer_lock
 from .drift import drift_report
 from .faiss_ops import unit_rows
 from .items import Record
@@ -31,6 +31,6 @@ from .vectors import build_vectors
 
 __all__ = [
     "EMBEDDINGS", "MANIFEST", "THUMBS", "ArtifactWriter", "Counts", "IndexConfig", "IndexError_", "Manifest",
-    "Record", "Store", "VectorIndex", "build_vectors", "commit_update", "drift_report", "is_exact", "make_manifest",
+    "Record", "ServeLock", "Store", "VectorIndex", "build_vectors", "commit_update", "drift_report", "is_exact", "make_manifest",
     "read_manifest", "rebuild", "recover", "transform", "unit_rows", "writer_lock",
 ]

@@ -99,6 +99,8 @@ class Manifest:
     labels_stale: bool = False  # a rebuild committed but has not rewritten the cluster labels yet
     build_seconds: float | None = None
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    folders: list[str] | None = None  # the folders it was built from (absolute): what `sync` re-scans
+    synced_at: float | None = None  # when `sync` last scanned them (Unix time); files changed since are re-checked
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
