@@ -92,16 +92,24 @@ def download_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-urls-only", action="store_true",
                    help="refuse URLs (and redirects) to loopback, private, link-local or reserved addresses: for "
                         "lists from untrusted sources (default: allowed, e.g. images on your own network)")
+    p.add_argument("--fetch-timeout", type=float, metavar="S",
+                   help="seconds a URL may stay silent (default 20); a whole fetch, retries included, gets 3x that, "
+                        "so no URL holds a download thread longer")
 
 
 def download_config(args: argparse.Namespace) -> DownloadConfig | None:
-    if not args.public_urls_only:
+    if not args.public_urls_only and args.fetch_timeout is None:
         return None
     from dataclasses import replace
 
     from ..pipeline import default_download_config
 
-    return replace(default_download_config(), allow_private=False)
+    config = default_download_config()
+    if args.fetch_timeout is not None:
+        if args.fetch_timeout <= 0:
+            raise UsageError(f"--fetch-timeout must be more than 0 seconds, got {args.fetch_timeout:g}")
+        config = replace(config, timeout=args.fetch_timeout)
+    return replace(config, allow_private=False) if args.public_urls_only else config
 
 
 def scale_options(p: argparse.ArgumentParser) -> None:
