@@ -303,6 +303,18 @@
     return name;
   }
 
+  // The API names a local file by its name only (never a server path) and an upload by a content
+  // hash, so the line says what is worth reading: the URL an image came from, "uploaded", or the
+  // source when it says more than the name above it.
+  function sourceText(r, name) {
+    const meta = r.meta || {};
+    if (meta.origin) return String(meta.origin);
+    const source = String(r.source || "");
+    if (/^https?:\/\//i.test(source)) return source;
+    if (source.startsWith("uploads/")) return "uploaded";
+    return source && source !== name ? source : "";
+  }
+
   function emptyNote(text) {
     const p = document.createElement("p");
     p.className = "empty";
@@ -361,7 +373,8 @@
     card.querySelector(".name").title = name;
     // Where the image came from, in full on the card (it wraps; no tooltip needed to read it).
     const source = card.querySelector(".source");
-    if (r.source) source.textContent = r.source; else source.remove();
+    const from = sourceText(r, name);
+    if (from) source.textContent = from; else source.remove();
     card.querySelector(".delete").addEventListener("click", () => deleteImage(r, card));
     const rankEl = card.querySelector(".rank");
     const scoreEl = card.querySelector(".score");
