@@ -499,6 +499,24 @@ def test_add_several_files_with_one_failing_then_urls_then_delete(page, writable
     assert listed(api_server)["total"] == 46
 
 
+def test_add_a_chosen_folder_sends_only_its_images(page, writable, new_images, tmp_path: Path) -> None:
+    api_server, web_server = writable
+    folder = tmp_path / "holiday"
+    (folder / "day2").mkdir(parents=True)
+    shutil.copy(new_images[1], folder / "beach.png")
+    shutil.copy(new_images[0].parent / "fresh_flipped.jpg", folder / "day2" / "rocket.jpg")
+    (folder / "notes.txt").write_text("not a picture")
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    page.click("#add-open")
+    page.set_input_files("#add-folder", str(folder))
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-summary") == "Done: 2 added, 1 non-image file(s) skipped."
+    names = sorted(page.locator("#add-list li .n").all_inner_texts())
+    assert names == ["holiday/beach.png", "holiday/day2/rocket.jpg"]
+    assert listed(api_server)["total"] == 47
+
+
 @pytest.mark.api_settings(api_token="s3cret-token-for-the-page")
 def test_token_is_asked_once_when_adding_and_kept_in_the_tab(page, writable, new_images) -> None:
     api_server, web_server = writable
@@ -594,6 +612,8 @@ def test_phone_browse_add_and_a_long_error(browser, writable, new_images) -> Non
         page.locator("#add").scroll_into_view_if_needed()
         screenshot(page, "web-add-phone.png", full_page=False)
         # a long unbroken word in an error message (the API quotes the bad condition) wraps inside the width
+        assert not page.is_visible("#filter-where"), "on a phone the filters start folded"
+        page.click("#filter-box summary")
         page.fill("#filter-where", "no-operator-in-this-condition-" * 12)
         page.click("#filter-form button[type=submit]")
         page.wait_for_selector("#error:not([hidden])")

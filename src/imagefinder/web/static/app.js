@@ -12,7 +12,7 @@
     k: $("#k"), grid: $("#grid"), title: $("#results-title"), mini: $("#results-query"), meta: $("#results-meta"), hint: $("#hint"),
     error: $("#error"), errorTitle: $("#error-title"), errorText: $("#error-text"), errorClose: $("#error-close"),
     status: $("#status"), statusText: $("#status-text"), progress: $("#progress"), template: $("#card-template"),
-    collection: $("#collection"), filterForm: $("#filter-form"), prefix: $("#filter-prefix"), where: $("#filter-where"),
+    collection: $("#collection"), filterBox: $("#filter-box"), filterForm: $("#filter-form"), prefix: $("#filter-prefix"), where: $("#filter-where"),
     filterClear: $("#filter-clear"), pager: $("#pager"), newer: $("#newer"), older: $("#older"), pageInfo: $("#page-info"),
     browseBack: $("#browse-back"), notice: $("#notice"),
     add: $("#add"), addOpen: $("#add-open"), addClose: $("#add-close"), addDrop: $("#add-drop"), addFiles: $("#add-files"),
@@ -423,6 +423,7 @@
     el.collection.hidden = false;
     el.browseBack.hidden = true;
     el.filterClear.hidden = !b.prefix && !b.where.length;
+    if (!el.filterClear.hidden) el.filterBox.open = true;
     const params = new URLSearchParams({ offset: String(b.offset), limit: String(b.limit) });
     if (b.prefix) params.set("source_prefix", b.prefix);
     b.where.forEach((w) => params.append("where", w));
@@ -459,6 +460,9 @@
       if (seq === state.seq) setBusy(false);
     }
   }
+
+  // On a phone the filters start folded, so the pictures come first.
+  if (window.matchMedia("(max-width: 560px)").matches) el.filterBox.open = false;
 
   el.filterForm.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -521,6 +525,7 @@
     let why = NO_TOKEN;
     for (;;) {
       if (state.stats && state.stats.writes === "token" && !currentToken()) {
+        if (options.onWait) options.onWait();
         const token = await askToken(why);
         if (!token) throw new UserError("Nothing was changed", "No API token was given.", 0);
       }
@@ -528,12 +533,14 @@
       const token = currentToken();
       if (token) headers.set("Authorization", `Bearer ${token}`);
       try {
+        if (options.onSend) options.onSend();
         return await request(path, { ...options, headers });
       } catch (err) {
         if (err.status !== 401) throw err;
         forgetToken();
         if (state.stats) state.stats.writes = "token";
-        why = `That token was not accepted (${err.message}). Enter the API token again.`;
+        why = "That token was not accepted by the server. Enter the API token again (the value of "
+          + "IMAGEFINDER_API_TOKEN where the API runs).";
       }
     }
   }
@@ -609,6 +616,8 @@
       } else {
         options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url: job.url }) };
       }
+      options.onWait = () => row.set("sending", "waiting for the API token…");
+      options.onSend = () => row.set("sending", job.file ? "uploading…" : "fetching…");
       try {
         const data = await writeRequest("images", options);
         const image = data.images[0];
