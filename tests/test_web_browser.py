@@ -433,6 +433,12 @@ def test_add_several_files_with_one_failing_then_urls_then_delete(page, writable
     wait_for_browse(page, 24)
     page.click("#add-open")
     assert page.is_visible("#add")
+    page.evaluate("""() => {  // every status each line shows, to see the progress it went through
+        window.seen = [];
+        new MutationObserver(() => document.querySelectorAll('#add-list .st')
+            .forEach(st => window.seen.push(st.textContent)))
+            .observe(document.querySelector('#add-list'), {subtree: true, childList: true, characterData: true});
+    }""")
     page.set_input_files("#add-files", [str(first), str(broken), str(second)])
     page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
     rows = page.locator("#add-list li")
@@ -441,6 +447,8 @@ def test_add_several_files_with_one_failing_then_urls_then_delete(page, writable
     assert [st for st, _ in states] == ["added", "failed", "added"], states
     assert "broken.jpg" in states[1][1] and "not a supported image" in states[1][1], states[1]
     assert page.inner_text("#add-summary") == "Done: 2 added, 1 failed."
+    seen = page.evaluate("window.seen")
+    assert "waiting" in seen and any(re.fullmatch(r"uploading… \d+%|adding…", t) for t in seen), seen
     page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('47 images')")
     wait_for_browse(page, 24)
     assert page.inner_text("#results-meta").startswith("47 images")
@@ -515,6 +523,17 @@ def test_add_a_chosen_folder_sends_only_its_images(page, writable, new_images, t
     names = sorted(page.locator("#add-list li .n").all_inner_texts())
     assert names == ["holiday/beach.png", "holiday/day2/rocket.jpg"]
     assert listed(api_server)["total"] == 47
+    # files dropped on the add area are added, not searched with
+    page.evaluate("""bytes => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], 'dropped-to-add.jpg', {type: 'image/jpeg'}));
+        document.querySelector('#add-drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""", list((new_images[0].parent / "fresh_flipped.jpg").read_bytes()))
+    page.wait_for_function("document.querySelectorAll('#add-list li').length === 3"
+                           " && document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-list li:last-child").startswith("dropped-to-add.jpg")
+    assert "already in the collection" in page.inner_text("#add-list li:last-child")
+    assert page.inner_text("#results-title") == "The collection", "no search was started"
 
 
 @pytest.mark.api_settings(api_token="s3cret-token-for-the-page")

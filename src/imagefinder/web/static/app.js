@@ -55,10 +55,28 @@
     return "Something went wrong";
   }
 
+  // fetch reports no upload progress: an upload that wants it goes by XMLHttpRequest, answered
+  // as the few parts of a fetch Response that request() reads.
+  function sendWithProgress(url, options) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open(options.method || "POST", url);
+      new Headers(options.headers || {}).forEach((value, name) => xhr.setRequestHeader(name, value));
+      xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) options.onProgress(e.loaded / e.total); });
+      xhr.addEventListener("load", () => resolve({
+        ok: xhr.status >= 200 && xhr.status < 300, status: xhr.status,
+        headers: { get: (name) => xhr.getResponseHeader(name) },
+        json: async () => JSON.parse(xhr.responseText),
+      }));
+      xhr.addEventListener("error", () => reject(new Error("network error")));
+      xhr.send(options.body);
+    });
+  }
+
   async function request(path, options = {}) {
     let response;
     try {
-      response = await fetch(apiUrl(path), options);
+      response = options.onProgress ? await sendWithProgress(apiUrl(path), options) : await fetch(apiUrl(path), options);
     } catch (err) {
       throw new UserError("Cannot reach ImageFinder",
         "The page could not contact its server. Check that ImageFinder is still running, then try again.");
@@ -613,6 +631,7 @@
         const form = new FormData();
         form.append("file", job.file, job.file.name || "image");
         options = { method: "POST", body: form };
+        options.onProgress = (done) => row.set("sending", done < 1 ? `uploading… ${Math.round(done * 100)}%` : "adding…");
       } else {
         options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url: job.url }) };
       }
