@@ -393,7 +393,10 @@
     const source = card.querySelector(".source");
     const from = sourceText(r, name);
     if (from) source.textContent = from; else source.remove();
-    card.querySelector(".delete").addEventListener("click", () => deleteImage(r, card));
+    const del = card.querySelector(".delete");
+    del.setAttribute("aria-label", `Delete ${name}`);
+    del.title = `Delete ${name} from the collection`;
+    del.addEventListener("click", () => deleteImage(r, card));
     const rankEl = card.querySelector(".rank");
     const scoreEl = card.querySelector(".score");
     if (rank === undefined) {
