@@ -559,6 +559,7 @@ def test_token_is_asked_once_when_adding_and_kept_in_the_tab(page, writable, new
     assert listed(api_server)["total"] == 46
     assert page.evaluate("sessionStorage.getItem('imagefinder.api-token')") == "s3cret-token-for-the-page"
     assert page.evaluate("localStorage.length") == 0, "the token is never kept on disk"
+    assert page.is_visible("#token-kept")
     # the next write uses the kept token: no second question
     page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('46 images')")
     wait_for_browse(page, 24)
@@ -567,8 +568,10 @@ def test_token_is_asked_once_when_adding_and_kept_in_the_tab(page, writable, new
     page.wait_for_selector("#notice:not([hidden])")
     assert not page.evaluate("document.querySelector('#token-dialog').open")
     assert listed(api_server)["total"] == 45
+    # the token is forgotten on request
+    page.click("#token-forget")
+    assert page.evaluate("sessionStorage.length") == 0 and not page.is_visible("#token-kept")
     # cancelling the question sends nothing and says so
-    page.evaluate("sessionStorage.clear()")
     page.reload()
     wait_for_browse(page, 24)
     page.click("#add-open")

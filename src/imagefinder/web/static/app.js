@@ -17,7 +17,7 @@
     browseBack: $("#browse-back"), notice: $("#notice"),
     add: $("#add"), addOpen: $("#add-open"), addClose: $("#add-close"), addDrop: $("#add-drop"), addFiles: $("#add-files"),
     addFolder: $("#add-folder"), addUrlForm: $("#add-url-form"), addUrls: $("#add-urls"), addList: $("#add-list"),
-    addSummary: $("#add-summary"),
+    addSummary: $("#add-summary"), tokenKept: $("#token-kept"), tokenForget: $("#token-forget"),
     tokenDialog: $("#token-dialog"), tokenWhy: $("#token-why"), tokenInput: $("#token-input"), tokenCancel: $("#token-cancel"),
   };
   const state = {
@@ -510,8 +510,18 @@
   // another site makes; the page adds it, as Authorization: Bearer, to its own writes only.
   const TOKEN_KEY = "imagefinder.api-token";
   const savedToken = () => { try { return sessionStorage.getItem(TOKEN_KEY); } catch (err) { return null; } };
-  function keepToken(token) { try { sessionStorage.setItem(TOKEN_KEY, token); } catch (err) { /* private mode */ } state.token = token; }
-  function forgetToken() { try { sessionStorage.removeItem(TOKEN_KEY); } catch (err) { /* nothing kept */ } state.token = null; }
+  function keepToken(token) {
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (err) { /* private mode: this page's memory only */ }
+    state.token = token;
+    el.tokenKept.hidden = false;
+  }
+  function forgetToken() {
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (err) { /* nothing kept */ }
+    state.token = null;
+    el.tokenKept.hidden = true;
+  }
+  el.tokenForget.addEventListener("click", () => { forgetToken(); notify("The API token is forgotten: the next change asks for it."); });
+  el.tokenKept.hidden = !savedToken();
   const currentToken = () => state.token || savedToken();
 
   // One question at a time, however many uploads are waiting for the answer.
