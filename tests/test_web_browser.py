@@ -536,6 +536,31 @@ def test_add_a_chosen_folder_sends_only_its_images(page, writable, new_images, t
     assert page.inner_text("#results-title") == "The collection", "no search was started"
 
 
+def test_add_a_dropped_folder(page, writable, new_images, tmp_path: Path) -> None:
+    """A folder dragged from the desktop: the drop is made by Chromium itself (DevTools' drag input with
+    real paths), so the page gets the directory entries a real drop gives, and walks them."""
+    api_server, web_server = writable
+    folder = tmp_path / "trip"
+    (folder / "inner").mkdir(parents=True)
+    shutil.copy(new_images[1], folder / "a.png")
+    shutil.copy(new_images[0].parent / "fresh_flipped.jpg", folder / "inner" / "b.jpg")
+    (folder / "inner" / "readme.md").write_text("not a picture")
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    page.click("#add-open")
+    box = page.locator("#add-drop").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(folder)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-summary") == "Done: 2 added, 1 non-image file(s) skipped."
+    assert sorted(page.locator("#add-list li .n").all_inner_texts()) == ["trip/a.png", "trip/inner/b.jpg"]
+    assert listed(api_server)["total"] == 47
+    assert page.inner_text("#results-title") == "The collection", "no search was started"
+
+
 @pytest.mark.api_settings(api_token="s3cret-token-for-the-page")
 def test_token_is_asked_once_when_adding_and_kept_in_the_tab(page, writable, new_images) -> None:
     api_server, web_server = writable
