@@ -626,6 +626,14 @@ def test_url_and_id_searches_are_shareable_links(page, writable, image_server) -
     wait_for_results(page, "Most similar")
     assert page.inner_text("#query-label") == url and page.input_value("#url") == url
     assert result_names(page)[0].startswith("coffee_")
+    # k and the measure travel in the link too
+    page.goto(f"{web_server.url}/?{urlencode({'url': url, 'k': 5, 'metric': 'euclidean'})}")
+    wait_for_results(page, "Most similar")
+    assert len(result_names(page)) == 5 and page.is_checked("input[value='euclidean']")
+    assert "Euclidean" in page.inner_text("#results-meta")
+    page.select_option("#k", "20")
+    page.wait_for_function("document.querySelectorAll('#grid .card .rank').length === 20")
+    assert page.url == f"{web_server.url}/?{urlencode({'url': url, 'k': 20, 'metric': 'euclidean'})}"
     page.goto(f"{web_server.url}/?id=18")
     wait_for_results(page, "More like")
     assert page.url.endswith("#more=18")

@@ -220,12 +220,29 @@
       return;
     }
     if (query.type === "url") {
-      const link = `${location.pathname}?${new URLSearchParams({ url: query.url })}`;
+      const link = linkFor(query);
       if (location.pathname + location.search !== link || location.hash) history.pushState(null, "", link);
     } else {
       history.pushState({ upload: true }, "", location.pathname);
     }
     search(query);
+  }
+
+  // A URL search's link carries k and the measure too, when they are not the defaults.
+  function linkFor(query) {
+    const params = new URLSearchParams({ url: query.url });
+    if (el.k.value !== "10") params.set("k", el.k.value);
+    if (metric() !== "cosine") params.set("metric", metric());
+    return `${location.pathname}?${params}`;
+  }
+
+  function controlsFromLink() {
+    const params = new URLSearchParams(location.search);
+    const k = params.get("k");
+    if (k && Array.from(el.k.options).some((o) => o.value === k)) el.k.value = k;
+    const m = params.get("metric");
+    const input = m && Array.from(document.querySelectorAll('input[name="metric"]')).find((i) => i.value === m);
+    if (input) input.checked = true;
   }
 
   function showCollection() {
@@ -806,9 +823,13 @@
 
   // ---- controls --------------------------------------------------------------------------------
 
-  function rerun() { if (state.query) search(state.query); }
+  function rerun() {
+    if (!state.query) return;
+    if (state.query.type === "url") history.replaceState(null, "", linkFor(state.query));
+    search(state.query);
+  }
   el.k.addEventListener("change", rerun);
   document.querySelectorAll('input[name="metric"]').forEach((r) => r.addEventListener("change", rerun));
 
-  loadStatus().then(() => { if (state.stats) route(); });
+  loadStatus().then(() => { if (state.stats) { controlsFromLink(); route(); } });
 })();
