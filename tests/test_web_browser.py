@@ -674,6 +674,7 @@ def test_phone_browse_add_and_a_long_error(browser, writable, new_images) -> Non
         page.wait_for_selector("#error:not([hidden])")
         assert "nooperatorinthiscondition" * 3 in page.inner_text("#error-text")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.locator("#error").scroll_into_view_if_needed()
         screenshot(page, "web-error-phone.png", full_page=False)
     finally:
         context.close()

@@ -127,7 +127,7 @@
       // "fusion" fuses an ensemble's members; with a single model it is only a copy of cosine.
       const ensemble = String(stats.model).includes("+");
       renderMetrics((stats.metrics || []).filter((name) => name !== "fusion" || ensemble));
-      if (state.wasDown) { state.wasDown = false; route(); }
+      if (state.wasDown) { state.wasDown = false; controlsFromLink(); route(); }
       if (el.errorTitle.textContent === titleFor(502) || el.errorTitle.textContent === "Cannot reach ImageFinder") hideError();
     } catch (err) {
       el.status.dataset.state = "down";
@@ -493,6 +493,7 @@
       showError(err);
       el.meta.textContent = "";
       el.pager.hidden = true;
+      el.hint.hidden = true;
       el.grid.replaceChildren(emptyNote("Fix the problem above, or clear the filters."));
     } finally {
       if (seq === state.seq) setBusy(false);
