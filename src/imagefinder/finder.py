@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .confidence import Match, match_labels, threshold_for
 from .embed import Embedder
 from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .ingest.decode import ImageError, open_image
 from .ingest.download import fetch
 from .ingest.sources import is_url
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
+from .presets import Preset, get_preset, recorded_preset
+from .region import Box, crop_box, parse_box
 from .search import Hit, SearchSpace, search
 
 if TYPE_CHECKING:
@@ -40,6 +43,9 @@ class Result:
     width: int | None = None
     height: int | None = None
     meta: dict | None = None
+    # "strong": the same object or scene with high confidence; "weak": only the nearest there is
+    # (see confidence.py); None: no calibrated threshold for this index's model.
+    match: Match | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,23 +152,44 @@ class ImageFinder:
             raise ImageError(f"{query}: no such image file")
         return path
 
-    def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
-               rerank: int = 0, rerank_budget: float | None = 2.0) -> list[Result]:
+    @property
+    def preset(self) -> Preset | None:
+        """The preset this index was built with (None: built with explicit options)."""
+        return recorded_preset(self.manifest.config.preset)
+
+    def query_options(self, preset: str | None = None, **given: Any) -> dict[str, Any]:
+        """qe, qe_alpha, rerank, rerank_budget: those `given` (not None), else the named preset's, else
+        the preset the index was built with, else off."""
+        bundle = get_preset(preset) if preset else self.preset
+        base = bundle.query_options() if bundle else {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0}
+        return {k: v if given.get(k) is None else given[k] for k, v in base.items()}
+
+    def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
+               qe_alpha: float | None = None, rerank: int | None = None, rerank_budget: float | None = None,
+               box: Box | str | None = None, preset: str | None = None) -> list[Result]:
         """Top-k images for a query image.
 
         qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
         rerank: spatially verify the top `rerank` results with local features (see `rerank`),
-        spending at most `rerank_budget` seconds on it.
+        spending at most `rerank_budget` seconds on it. Options left None come from `preset`
+        (query-time parts), else from the preset the index was built with, else are off.
+        box: search with this region of the query only, (x0, y0, x1, y1) in its pixels.
         """
-        image = self._image(query) if rerank else None
-        vector = self.embedder.embed_images([image])[0] if image is not None else self.embed(query)
-        local = self.reranker().query_features(image) if image is not None else None
-        return self.search_vectors(vector[None], k, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
-                                   rerank_budget=rerank_budget, local_queries=[local] if rerank else None)[0]
+        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
+        image = self._image(query)
+        if box is not None:
+            image = crop_box(image, parse_box(box))
+        vector = self.embedder.embed_images([image])[0]
+        local = self.reranker().query_features(image) if opts["rerank"] else None
+        return self.search_vectors(vector[None], k, metric, local_queries=[local] if local is not None else None,
+                                   **opts)[0]
 
-    def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
-                  rerank: int = 0, rerank_budget: float | None = 2.0) -> list[Result]:
+    def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
+                  qe_alpha: float | None = None, rerank: int | None = None, rerank_budget: float | None = None,
+                  preset: str | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
+        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
+        qe, qe_alpha, rerank, rerank_budget = opts["qe"], opts["qe_alpha"], opts["rerank"], opts["rerank_budget"]
         store = self.store
         record = store.records([item_id]).get(item_id, {})
         if record.get("status") != "ok":
@@ -189,19 +216,23 @@ class ImageFinder:
             reranker = self.reranker()
             hits = [h if lf is None else reranker.rerank(lf, h, store, top=rerank, budget_s=rerank_budget)
                     for h, lf in zip(hits, local_queries)]
-        return [self._results(store, h[:k]) for h in hits]
+        threshold = threshold_for(store.manifest.members)
+        return [self._results(store, h[:k], q, threshold) for h, q in zip(hits, queries)]
 
     def _image(self, query: Query) -> Image.Image:
         image = query if isinstance(query, Image.Image) else open_image(self._query_bytes(query)).image
         return image.convert("RGB")
 
-    def _results(self, store: Store, hits: list[Hit]) -> list[Result]:
+    def _results(self, store: Store, hits: list[Hit], query: np.ndarray, threshold: float | None) -> list[Result]:
         rows = store.records([h.id for h in hits])
+        ids = [h.id for h in hits]
+        stored = np.asarray(store.embeddings[ids], np.float32) if ids else np.zeros((0, len(query)), np.float32)
+        matches = match_labels(np.asarray(query, np.float32), stored, threshold)
         out = []
-        for rank, hit in enumerate(hits, 1):
+        for rank, (hit, match) in enumerate(zip(hits, matches), 1):
             row = rows.get(hit.id, {})
             out.append(Result(rank, hit.id, row.get("source", ""), hit.score, row.get("cluster"),
-                              row.get("width"), row.get("height"), row.get("meta") or None))
+                              row.get("width"), row.get("height"), row.get("meta") or None, match))
         return out
 
     def info(self, failures: int | None = 20) -> dict:

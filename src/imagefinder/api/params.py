@@ -13,6 +13,7 @@ from fastapi import HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ValidationError
 
+from ..presets import PRESETS
 from ..search import METRICS
 from .errors import validation_message
 from .schemas import MAX_ID, MAX_K, Metric
@@ -47,6 +48,29 @@ def parse_metric(value: Any) -> str:
     return str(value)
 
 
+def parse_box(value: Any) -> list[float] | None:
+    """A form field 'x0,y0,x1,y1' (or a JSON list) -> four numbers; 422 saying what is wrong."""
+    if value is None or value == "":
+        return None
+    from ..region import BoxError
+    from ..region import parse_box as parse
+
+    try:
+        return list(parse(value))
+    except BoxError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def parse_preset(value: Any) -> str | None:
+    from ..presets import PRESETS
+
+    if value is None or value == "":
+        return None
+    if value not in PRESETS:
+        raise HTTPException(422, f"preset must be one of {', '.join(PRESETS)}, got {value!r}")
+    return str(value)
+
+
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -70,6 +94,8 @@ SEARCH_FORM = {
         "file": {"type": "string", "format": "binary", "description": "the query image"},
         "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
         "metric": {"type": "string", "enum": list(METRICS)},
+        "box": {"type": "string", "description": "x0,y0,x1,y1: search with this region of the image (pixels)"},
+        "preset": {"type": "string", "enum": list(PRESETS)},
     },
 }
 ADD_FORM = {

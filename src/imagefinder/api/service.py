@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from ..finder import ImageFinder, Result
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
+from ..region import BoxError, crop_box, parse_box
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
 from .uploads import CheckedImage, check_image
@@ -64,18 +65,26 @@ class Service:
         s = self.settings
         return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels, what=what)
 
-    def search_upload(self, data: bytes, k: int, metric: str) -> tuple[CheckedImage, list[Result]]:
+    def search_upload(self, data: bytes, k: int, metric: str, box: list[float] | None = None,
+                      preset: str | None = None) -> tuple[CheckedImage, list[Result]]:
         image = self.check(data)
-        return image, self.search_image(image, k, metric)
+        return image, self.search_image(image, k, metric, box, preset)
 
-    def search_image(self, image: CheckedImage, k: int, metric: str) -> list[Result]:
+    def search_image(self, image: CheckedImage, k: int, metric: str, box: list[float] | None = None,
+                     preset: str | None = None) -> list[Result]:
         self.refresh()
-        return self.finder.search(image.decoded.image, k=k, metric=metric)
+        query = image.decoded.image
+        if box is not None:  # the box is in the image's own pixels; it may have been decoded smaller (draft)
+            try:
+                query = crop_box(query, parse_box(box), (image.decoded.width, image.decoded.height))
+            except BoxError as exc:
+                raise HTTPException(422, str(exc)) from None
+        return self.finder.search(query, k=k, metric=metric, preset=preset)
 
-    def search_id(self, image_id: int, k: int, metric: str) -> list[Result]:
+    def search_id(self, image_id: int, k: int, metric: str, preset: str | None = None) -> list[Result]:
         self.refresh()
         try:
-            return self.finder.search_id(image_id, k=k, metric=metric)
+            return self.finder.search_id(image_id, k=k, metric=metric, preset=preset)
         except KeyError:
             raise HTTPException(404, f"no indexed image with id {image_id}") from None
 
@@ -100,7 +109,7 @@ class Service:
 
     def result(self, request: Request, r: Result) -> SearchResult:
         return SearchResult(rank=r.rank, id=r.id, score=r.score, source=self.writer.public_source(r.source),
-                            width=r.width, height=r.height, cluster=r.cluster, meta=r.meta or {},
+                            width=r.width, height=r.height, cluster=r.cluster, meta=r.meta or {}, match=r.match,
                             **_urls(request, r.id))
 
     def image_info(self, request: Request, row: dict) -> ImageInfo:

@@ -14,6 +14,7 @@ from .options import (
     check_query_options,
     common,
     metric_option,
+    preset_option,
     progress,
     query_options,
 )
@@ -25,29 +26,38 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     metric_option(p, "cosine similarity (default), euclidean distance on raw features, vote (rank fusion), or "
                      "fusion (weighted rank fusion of ensemble members)")
+    preset_option(p, "its query-time parts: query expansion, verification depth and budget; default: the preset "
+                     "the index was built with")
     query_options(p)
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1",
+                   help="search with this region of the query image only (pixels: left, top, right, bottom)")
     p.add_argument("--json", action="store_true",
-                   help='print {"query": ..., "results": [{"rank", "id", "source", "score"}, ...]}')
+                   help='print {"query": ..., "results": [{"rank", "id", "source", "score", "match"}, ...]}; '
+                        'match: "strong" (same object or scene, calibrated per model) or "weak"')
     common(p)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..finder import ImageFinder
+    from ..region import parse_box
 
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, got {args.k}")
     check_query_options(args)
+    box = parse_box(args.box) if args.box is not None else None
     finder = ImageFinder(args.index)
     results = finder.search(args.query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
-                            rerank=args.rerank, rerank_budget=args.rerank_budget)
+                            rerank=args.rerank, rerank_budget=args.rerank_budget, box=box, preset=args.preset)
     if args.json:
-        print(json.dumps({"query": args.query, "metric": args.metric,
+        print(json.dumps({"query": args.query, "metric": args.metric, **({"box": list(box)} if box else {}),
                           "results": [r.to_dict() for r in results]}))
     else:
         label = "distance" if args.metric == "euclidean" else "score"
-        print(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
+        print(f"{'rank':>4}  {label:>8}  {'match':>6}  {'id':>6}  source")
         for r in results:
-            print(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
+            print(f"{r.rank:>4}  {r.score:8.4f}  {r.match or '-':>6}  {r.id:>6}  {r.source}")
+        if results and all(r.match == "weak" for r in results):
+            print("no close match: every result is only weakly similar (see README 'Retrieval quality')")
     return EXIT_OK if results else EXIT_EMPTY
 
 

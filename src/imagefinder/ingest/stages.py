@@ -40,7 +40,7 @@ def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Download
     try:
         path = fetch_item(item, downloader)
         record.cached_path = str(path)
-        draft = max([m.backbone.preprocess.size for m in embedder.members] + [THUMBNAIL_SIZE])
+        draft = max(embedder.draft_size, THUMBNAIL_SIZE)
         decoded = open_image(path, draft_size=draft)
         record.width, record.height, record.sha256 = decoded.width, decoded.height, decoded.sha256
         return Loaded(record, embedder.prepare(decoded.image), thumbnail_jpeg(decoded.image))

@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import util as importlib_util
 from pathlib import Path
 
@@ -52,6 +52,21 @@ class Backbone:
     export_tag: str = ""
     # Pooling used when a model spec names no method (measured per backbone: benchmarks/quality.py).
     default_pooling: Pooling = field(default_factory=Pooling)
+    # Input of new builds: aspect ratio kept, this long side (None: `preprocess` as it is, the
+    # square input of every index built before). Measured per backbone (README "Retrieval quality").
+    long_side: int | None = None
+
+    def input(self, requested: tuple[str, int] | None = None) -> Preprocess:
+        """The preprocessing of a new build: a spec's `longN` / `squareN`, else the backbone's default."""
+        if requested is None:
+            return replace(self.preprocess, resize="long", size=self.long_side) if self.long_side else self.preprocess
+        kind, size = requested
+        return replace(self.preprocess, resize="long" if kind == "long" else "squash", size=size)
+
+    def check_input(self, requested: tuple[str, int] | None) -> None:
+        if requested is not None and self.fixed_size:
+            raise ModelUnavailable(f"{self.name} takes a fixed {self.preprocess.size}px input: long{requested[1]} / "
+                                   f"square{requested[1]} do not apply")
 
     def check_pooling(self, pooling: Pooling) -> None:
         """Refuse pooling options this backbone's output cannot honour, saying why."""
@@ -324,6 +339,7 @@ def parse_members(spec: str) -> list:
     for member in members:
         backbone = get_backbone(member.name)
         backbone.check_pooling(member.resolved(backbone.default_pooling))
+        backbone.check_input(member.input)
     return members
 
 

@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 
 def embedder_factory(embedder: Embedder, threads: int | None = None) -> Callable[[], Embedder]:
-    """A picklable recipe for the same embedder in another process (model + per-member pooling)."""
+    """A picklable recipe for the same embedder in another process (model + per-member pooling and input)."""
     specs = getattr(embedder, "specs", None)
     if specs is not None:
-        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs])
+        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs],
+                                 getattr(embedder, "preprocesses", None))
     return functools.partial(Embedder, embedder.model, threads)
 
 
