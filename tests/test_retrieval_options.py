@@ -212,3 +212,10 @@ def test_api_search_takes_a_box_and_a_preset_and_says_match(api_client: httpx.Cl
     noise = api_client.post("/search", files={"file": ("n.png", noise_png(3), "image/png")}, data={"preset": "fast"})
     assert noise.status_code == 200 and {r["match"] for r in noise.json()["results"]} == {"weak"}
     assert api_client.post("/search", json={"id": 1, "preset": "best"}).status_code == 422
+
+
+def test_the_fast_preset_is_the_default_model() -> None:
+    from imagefinder.models import DEFAULT_MODEL
+    from imagefinder.presets import PRESETS
+
+    assert PRESETS["fast"].model == DEFAULT_MODEL

@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 
 from .errors import ImageFinderError
 
+DEFAULT_MODEL = "efficientnet-lite0"  # = models.DEFAULT_MODEL (checked by a test; presets sit below models)
+
 
 class PresetError(ImageFinderError, ValueError):
     """An unknown preset name; the message lists the known ones."""
@@ -50,8 +52,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("fast", "efficientnet-lite0, GeM 2, 224 px square: today's speed class (the default)",
-           "efficientnet-lite0@gem2,square224"),
+    # The default model spec as it is (its input and pooling are the backbone's defaults, recorded per index).
+    Preset("fast", "efficientnet-lite0, GeM 2, 224 px square: today's speed class (the default)", DEFAULT_MODEL),
     Preset("balanced", "efficientnet-lite2, GeM 2, long side 384 (aspect ratio kept), alpha-QE 2",
            "efficientnet-lite2@gem2,long384", qe=2),
     Preset("accurate", "efficientnet-lite2, GeM 2, long side 512, alpha-QE 2, spatial verification of the top 100 "
