@@ -76,7 +76,6 @@ class QueryInfo(BaseModel):
     filename: str | None = None
     width: int | None = None
     height: int | None = None
-    box: list[float] | None = None
 
 
 class SearchResponse(BaseModel):

@@ -54,7 +54,7 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None,
         data = await upload.read()
         image, results = await service.cpu(service.search_upload, data, k_value, metric_value, box, preset)
         query = QueryInfo(type="upload", filename=client_filename(upload.filename), width=image.decoded.width,
-                          height=image.decoded.height, box=box)
+                          height=image.decoded.height)
     elif kind == "application/json":
         req = json_body(body, SearchRequest)
         k_value = parse_k(req.k if req.k is not None else k)
@@ -66,7 +66,7 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None,
         else:
             assert req.url is not None  # SearchRequest holds exactly one of id and url
             image = await run_in_threadpool(service.fetch, req.url)
-            query = QueryInfo(type="url", url=req.url, width=image.decoded.width, height=image.decoded.height, box=box)
+            query = QueryInfo(type="url", url=req.url, width=image.decoded.width, height=image.decoded.height)
             results = await service.cpu(service.search_image, image, k_value, metric_value, box, req.preset)
     else:
         raise HTTPException(415, "send the query as multipart/form-data with a 'file' field (an image), or as "
