@@ -202,7 +202,7 @@ def test_api_search_takes_a_box_and_a_preset_and_says_match(api_client: httpx.Cl
     boxed = api_client.post("/search", files={"file": ("q.jpg", data, "image/jpeg")},
                             data={"k": "3", "box": "40,30,280,210", "preset": "fast"})
     assert whole.status_code == boxed.status_code == 200, boxed.text
-    assert [r["match"] for r in whole.json()["results"]][0] == "strong"
+    assert whole.json()["results"][0]["match"] == "strong"
     assert boxed.json()["results"][0]["score"] != whole.json()["results"][0]["score"]
     bad = api_client.post("/search", files={"file": ("q.jpg", data, "image/jpeg")}, data={"box": "0,0,5000,10"})
     assert bad.status_code == 422 and "does not fit" in bad.json()["detail"]
