@@ -218,3 +218,12 @@ def test_the_fast_preset_is_the_default_model() -> None:
     from imagefinder.presets import PRESETS
 
     assert PRESETS["fast"].model == DEFAULT_MODEL
+
+
+def test_a_rerank_budget_of_none_still_means_no_budget(small_index) -> None:
+    from imagefinder.finder import ImageFinder
+
+    finder = ImageFinder(small_index.path)
+    assert finder.query_options(rerank_budget=None)["rerank_budget"] is None
+    assert finder.query_options()["rerank_budget"] == 2.0
+    assert finder.query_options("accurate")["rerank_budget"] == finder.query_options("accurate", qe=1)["rerank_budget"]

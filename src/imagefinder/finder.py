@@ -25,7 +25,7 @@ from .ingest.decode import ImageError, open_image
 from .ingest.download import fetch
 from .ingest.sources import is_url
 from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
-from .presets import Preset, get_preset, recorded_preset
+from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset
 from .region import Box, crop_box, parse_box
 from .search import Hit, SearchSpace, search
 
@@ -158,15 +158,20 @@ class ImageFinder:
         return recorded_preset(self.manifest.config.preset)
 
     def query_options(self, preset: str | None = None, **given: Any) -> dict[str, Any]:
-        """qe, qe_alpha, rerank, rerank_budget: those `given` (not None), else the named preset's, else
-        the preset the index was built with, else off."""
+        """qe, qe_alpha, rerank, rerank_budget: those `given`, else the named preset's, else the
+        preset the index was built with, else off. Not given: None, or FROM_PRESET for
+        rerank_budget (whose None means no budget)."""
         bundle = get_preset(preset) if preset else self.preset
         base = bundle.query_options() if bundle else {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0}
-        return {k: v if given.get(k) is None else given[k] for k, v in base.items()}
+        def is_given(key: str) -> bool:
+            value = given.get(key)
+            return value != FROM_PRESET if key == "rerank_budget" and key in given else value is not None
+
+        return {k: given[k] if is_given(k) else v for k, v in base.items()}
 
     def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
-               qe_alpha: float | None = None, rerank: int | None = None, rerank_budget: float | None = None,
-               box: Box | str | None = None, preset: str | None = None) -> list[Result]:
+               qe_alpha: float | None = None, rerank: int | None = None,
+               rerank_budget: float | None | FromPreset = FROM_PRESET, box: Box | str | None = None, preset: str | None = None) -> list[Result]:
         """Top-k images for a query image.
 
         qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
@@ -185,21 +190,19 @@ class ImageFinder:
                                    **opts)[0]
 
     def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
-                  qe_alpha: float | None = None, rerank: int | None = None, rerank_budget: float | None = None,
-                  preset: str | None = None) -> list[Result]:
+                  qe_alpha: float | None = None, rerank: int | None = None,
+                  rerank_budget: float | None | FromPreset = FROM_PRESET, preset: str | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
         opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
-        qe, qe_alpha, rerank, rerank_budget = opts["qe"], opts["qe_alpha"], opts["rerank"], opts["rerank_budget"]
         store = self.store
         record = store.records([item_id]).get(item_id, {})
         if record.get("status") != "ok":
             raise KeyError(f"no indexed image with id {item_id}")
         local = None
-        if rerank:
+        if opts["rerank"]:
             local = [self.reranker().cache.get(item_id, record, store.thumbnail_path(item_id))]
-        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric, qe=qe,
-                                   qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
-                                   local_queries=local)[0]
+        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric,
+                                   local_queries=local, **opts)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine", *, qe: int = 0,
                        qe_alpha: float = 3.0, rerank: int = 0, rerank_budget: float | None = 2.0,

@@ -61,6 +61,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "efficientnet-lite2@gem2,long512", qe=2, rerank=100, rerank_budget=1.2, local_features=True),
 )}
 DEFAULT_PRESET = "fast"
+FromPreset = Literal["preset"]
+FROM_PRESET: FromPreset = "preset"  # an option not given: the preset's value applies
 PresetName = Literal["fast", "balanced", "accurate"]  # for schemas (the API's OpenAPI enum)
 assert set(get_args(PresetName)) == set(PRESETS)
 

@@ -39,6 +39,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..finder import ImageFinder
+    from ..presets import FROM_PRESET
     from ..region import parse_box
 
     if args.k < 1:
@@ -47,7 +48,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     box = parse_box(args.box) if args.box is not None else None
     finder = ImageFinder(args.index)
     results = finder.search(args.query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
-                            rerank=args.rerank, rerank_budget=args.rerank_budget, box=box, preset=args.preset)
+                            rerank=args.rerank, rerank_budget=FROM_PRESET if args.rerank_budget is None else args.rerank_budget, box=box,
+                            preset=args.preset)
     if args.json:
         print(json.dumps({"query": args.query, "metric": args.metric, **({"box": list(box)} if box else {}),
                           "results": [r.to_dict() for r in results]}))
