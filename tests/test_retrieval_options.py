@@ -227,3 +227,19 @@ def test_a_rerank_budget_of_none_still_means_no_budget(small_index) -> None:
     assert finder.query_options(rerank_budget=None)["rerank_budget"] is None
     assert finder.query_options()["rerank_budget"] == 2.0
     assert finder.query_options("accurate")["rerank_budget"] == finder.query_options("accurate", qe=1)["rerank_budget"]
+
+
+def test_evaluate_with_a_preset_prints_the_same_keys(cli, ukbench_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = ["filename,group_id"]
+    for n in range(8):
+        shutil.copyfile(ukbench_dir / "images" / f"ukbench{n:05d}.jpg", data / "images" / f"{n}.jpg")
+        rows.append(f"{n}.jpg,{n // 4}")
+    (data / "groundtruth.csv").write_text("\n".join(rows) + "\n")
+    default = cli("evaluate", data, "--json")
+    fast = cli("evaluate", data, "--preset", "fast", "--qe", "1", "--json")
+    assert default.returncode == fast.returncode == 0, default.stderr + fast.stderr
+    keys = json.loads(default.stdout.strip().splitlines()[-1]).keys()
+    assert keys == json.loads(fast.stdout.strip().splitlines()[-1]).keys()
+    assert {"map", "ns_score", "images_per_second"} <= set(keys)
