@@ -30,7 +30,10 @@ WEAK: Match = "weak"
 # benchmarks/calibrate.py over benchmarks/results/resolution.json (see README "Retrieval quality").
 THRESHOLDS: dict[str, float] = {
     "efficientnet-lite0@gem2,square224": 0.744,
+    "efficientnet-lite0@gem2,long384": 0.774,
     "efficientnet-lite0@gem2,long512": 0.786,
+    "efficientnet-lite2@gem2,long384": 0.779,
+    "efficientnet-lite2@gem2,long512": 0.792,
 }
 
 

@@ -57,8 +57,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("balanced", "efficientnet-lite2, GeM 2, long side 384 (aspect ratio kept), alpha-QE 2",
            "efficientnet-lite2@gem2,long384", qe=2),
     Preset("accurate", "efficientnet-lite2, GeM 2, long side 512, alpha-QE 2, spatial verification of the top 100 "
-           "(local features computed at index time, 1.2 s budget)",
-           "efficientnet-lite2@gem2,long512", qe=2, rerank=100, rerank_budget=1.2, local_features=True),
+           "(local features computed at index time, 1.5 s budget)",
+           "efficientnet-lite2@gem2,long512", qe=2, rerank=100, rerank_budget=1.5, local_features=True),
 )}
 DEFAULT_PRESET = "fast"
 FromPreset = Literal["preset"]
