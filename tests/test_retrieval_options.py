@@ -243,3 +243,12 @@ def test_evaluate_with_a_preset_prints_the_same_keys(cli, ukbench_dir: Path, tmp
     keys = json.loads(default.stdout.strip().splitlines()[-1]).keys()
     assert keys == json.loads(fast.stdout.strip().splitlines()[-1]).keys()
     assert {"map", "ns_score", "images_per_second"} <= set(keys)
+
+
+def test_each_backbone_has_its_measured_default_input() -> None:
+    from imagefinder.models import get_backbone
+
+    lite0, lite2 = get_backbone("efficientnet-lite0").input(), get_backbone("efficientnet-lite2").input()
+    assert (lite0.resize, lite0.size) == ("squash", 224)  # today's default is unchanged
+    assert (lite2.resize, lite2.size) == ("long", 384)
+    assert get_backbone("efficientnet-lite2").input(("square", 260)).resize == "squash"

@@ -120,6 +120,11 @@ def _package_file(package: str, relative: str, pip_name: str) -> Callable[[], Pa
 # for efficientnet-lite0 (README "Retrieval quality"); the other Lite sizes keep average pooling
 # until measured.
 LITE_POOLING = {0: Pooling("gem", 2.0)}
+# Input of new builds per Lite size, from benchmarks/resolution.py (README "Retrieval quality"):
+# lite2 at long side 384, aspect ratio kept, beat its 260 px square on UKBench, paris266 (all
+# queries and the box crops) and the copy-detection set; lite0 at long sides 224-512 lost on the
+# copy-detection set and the box crops, so it keeps its 224 px square.
+LITE_LONG_SIDE: dict[int, int] = {2: 384}
 
 
 def _efficientnet_lite(index: int, size: int) -> Backbone:
@@ -149,6 +154,7 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         fixed_size=False,
         export_tag=export.MAP_EXPORT_TAG,
         default_pooling=LITE_POOLING.get(index, Pooling()),
+        long_side=LITE_LONG_SIDE.get(index),
     )
 
 
