@@ -29,11 +29,14 @@ WEAK: Match = "weak"
 
 # benchmarks/calibrate.py over benchmarks/results/resolution.json (see README "Retrieval quality").
 THRESHOLDS: dict[str, float] = {
-    "efficientnet-lite0@gem2,square224": 0.744,
+    "efficientnet-lite0@gem2,long224": 0.735,
     "efficientnet-lite0@gem2,long384": 0.774,
     "efficientnet-lite0@gem2,long512": 0.786,
+    "efficientnet-lite0@gem2,square224": 0.744,
+    "efficientnet-lite2@gem2,long320": 0.765,
     "efficientnet-lite2@gem2,long384": 0.779,
     "efficientnet-lite2@gem2,long512": 0.792,
+    "efficientnet-lite2@gem2,square260": 0.771,
 }
 
 
