@@ -8,6 +8,8 @@
 #   IMAGE=localhost/imagefinder:test  BASE_IMAGE=localhost/debian-bookworm:min
 #   CACHE=~/.cache/imagefinder-container (debootstrap tarball)  TORCH_WHEELS=/opt/wheels
 set -euo pipefail
+# a failing command names itself (set -e alone ends the run silently)
+trap 'echo "container-test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/imagefinder:test}
 BASE_IMAGE=${BASE_IMAGE:-localhost/debian-bookworm:min}
@@ -44,8 +46,10 @@ else
   mkdir -p "$CACHE"
   if [[ ! -s "$CACHE/bookworm-minbase.tar" ]]; then
     # the Debian mirror apt itself uses (deb822 .sources or a classic sources.list)
-    mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
-             | grep -v security | head -1 | sed -E 's/^deb (\[[^]]*\] )?//; s/^URIs: *//' | awk '{print $1}')
+    # (either file may be missing: grep's exit status must not end the script under pipefail)
+    mirror=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+             | grep -E '^(URIs:|deb )' | grep -v security | sed -E 's/^deb (\[[^]]*\] )?//; s/^URIs: *//' \
+             | awk 'NR == 1 {print $1}' || true)
     mirror=${MIRROR:-${mirror:-http://deb.debian.org/debian}}
     echo "debootstrap --variant=minbase bookworm from $mirror"
     rm -rf "$CACHE/rootfs"

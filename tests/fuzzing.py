@@ -489,6 +489,9 @@ def check_upload(data: bytes, max_pixels: int = 1_000_000, max_bytes: int = 256 
 OPERATIONS = [
     ("POST", "/search", "application/json"),
     ("POST", "/search", "multipart/form-data"),
+    ("POST", "/search/batch", "application/json"),
+    ("POST", "/search/batch", "multipart/form-data"),
+    ("GET", "/images", None),
     ("POST", "/images", "application/json"),
     ("POST", "/images", "multipart/form-data"),
     ("GET", "/images/{image_id}", None),

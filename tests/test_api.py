@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -170,15 +171,16 @@ def test_search_by_upload_ranks_the_edited_copies_first(client: httpx.Client, sa
     body = r.json()
     assert body["k"] == 5 and body["metric"] == "cosine" and body["indexed"] == 45
     assert body["query"] == {"type": "upload", "filename": "query.jpg", "width": 240, "height": 240,
-                             "id": None, "url": None}
+                             "id": None, "url": None, "path": None}
     results = body["results"]
     assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
     assert all(n.startswith("coffee_") for n in names(results)), names(results)
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= scores[0] <= 1.0001
     first = results[0]
-    assert first["thumbnail_url"] == f"{client.base_url}/images/{first['id']}/thumbnail".replace("//images", "/images")
-    assert first["image_url"].endswith(f"/images/{first['id']}")
+    # relative to the request's URL (so right behind a proxy too): resolved like a link
+    assert first["thumbnail_url"] == f"images/{first['id']}/thumbnail"
+    assert urljoin(str(r.url), first["image_url"]) == f"{client.base_url}/images/{first['id']}".replace("//images", "/images")
     assert first["width"] > 0 and first["height"] > 0
 
 

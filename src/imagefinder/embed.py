@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .ingest.decode import Preprocess, to_array
-from .models import OnnxModel, get_backbone
+from .models import ModelUnavailable, OnnxModel, get_backbone
 from .models.registry import parse_members
 from .pooling import MemberSpec, Pooling, power_normalize
 
@@ -33,11 +33,26 @@ class RecordedModel(Protocol):
     @property
     def members(self) -> list[dict[str, Any]]: ...
 
+    @property
+    def precision(self) -> str: ...
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows to unit length (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def split_precision(precision: str | None, members: int) -> list[str | None]:
+    """'int8' / 'int8+fp32' / None -> one precision (or None: the default) per member."""
+    if precision is None:
+        return [None] * members
+    parts: list[str | None] = list(precision.split("+"))
+    if len(parts) == 1:
+        return parts * members
+    if len(parts) != members:
+        raise ModelUnavailable(f"precision {precision!r} names {len(parts)} members, the model has {members}")
+    return parts
 
 
 @dataclass(frozen=True)
@@ -54,12 +69,17 @@ class Embedder:
     """Loads the backbones of a model spec once; thread-safe to call (onnxruntime is)."""
 
     def __init__(self, model: str, threads: int | None = None, poolings: Sequence[Pooling] | None = None,
-                 preprocesses: Sequence[Preprocess | None] | None = None) -> None:
-        """`poolings` and `preprocesses` (one per member) override what the spec resolves to:
-        see `for_manifest`; a None preprocess is the backbone's native (square) input."""
+                 precision: str | None = None, preprocesses: Sequence[Preprocess | None] | None = None) -> None:
+        """`poolings` and `preprocesses` (one per member) override what the spec resolves to: see
+        `for_manifest`; a None preprocess is the backbone's native (square) input.
+
+        `precision`: "fp32" or "int8" for every member, or one per member joined by '+' as in
+        the manifest ("int8+fp32"); None: each backbone's default precision.
+        """
         self.model = model
         specs: list[MemberSpec] = parse_members(model)
-        self.members = [OnnxModel(get_backbone(spec.name), threads) for spec in specs]
+        precisions = split_precision(precision, len(specs))
+        self.members = [OnnxModel(get_backbone(spec.name), threads, p) for spec, p in zip(specs, precisions)]
         if poolings is None:
             poolings = [spec.resolved(m.backbone.default_pooling) for spec, m in zip(specs, self.members)]
         elif len(poolings) != len(specs):
@@ -74,17 +94,26 @@ class Embedder:
 
     @classmethod
     def for_manifest(cls, manifest: RecordedModel, threads: int | None = None) -> Embedder:
-        """The embedder an index was built with: its model spec, pooling and preprocessing recorded per member.
+        """The embedder an index was built with: its model spec, and the pooling, precision and
+        preprocessing recorded.
 
-        Every member of a manifest records its pooling (older manifests get theirs by migration,
-        see index/manifest.py) and its preprocessing (size, square squash or long side), so a
-        changed default never changes how an existing index is queried or extended. A member
-        recorded without preprocessing was embedded at the backbone's native square input.
+        Every member of a manifest records its pooling and its preprocessing (size, square squash
+        or long side), and every manifest its precision (older manifests get average pooling and
+        fp32 by migration, see index/manifest.py), so a changed default never changes how an
+        existing index is queried or extended: queries of an int8 index go through the same int8
+        graph as its images did. A member recorded without preprocessing was embedded at the
+        backbone's native square input.
         """
         poolings = [Pooling.from_dict(m["pooling"]) for m in manifest.members]
         preprocesses = [Preprocess.from_dict(m["preprocess"]) if m.get("preprocess") else None
                         for m in manifest.members]
-        return cls(manifest.model, threads, poolings or None, preprocesses or None)
+        return cls(manifest.model, threads, poolings or None, manifest.precision, preprocesses or None)
+
+    @property
+    def precision(self) -> str:
+        """What the manifest records: one precision, or one per member joined by '+' when they differ."""
+        values = [m.precision for m in self.members]
+        return values[0] if len(set(values)) == 1 else "+".join(values)
 
     @property
     def dim(self) -> int:

@@ -34,13 +34,14 @@ import numpy as np
 
 from .finder import ImageFinder
 from .index import IndexConfig
+from .index.searcher import Searcher
 from .ingest.decode import ImageError, open_image
 from .ingest.sources import SourceError
 from .pipeline import build_index
 from .search import SearchSpace, augment_database, search
 
 KEYS = ("map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries",
-        "index_seconds", "images_per_second")
+        "index_seconds", "images_per_second", "precision")
 LATENCY_KEYS = ("latency_ms_p50", "latency_cpu_ms_p50")
 
 
@@ -135,6 +136,7 @@ def evaluate(data_dir: Path | str, config: IndexConfig | None = None, *, metric:
                                                                           if r == "db"])), queries, options)
             if latency:
                 metrics.update(measure_latency(finder, query_files[:latency], options))
+            metrics["precision"] = finder.manifest.precision
         finally:
             finder.close()
     metrics.update({
@@ -161,7 +163,7 @@ def _space(finder: ImageFinder, options: SearchOptions) -> SearchSpace:
     # QE and the raw-feature metrics read `embeddings`: give them the augmented vectors too.
     embeddings = np.zeros((finder.manifest.rows, augmented.shape[1]), np.float32)
     embeddings[ids] = augmented
-    return SearchSpace(index, embeddings, space.members, True, space.weights)
+    return SearchSpace(Searcher(index), embeddings, space.members, True, space.weights)
 
 
 def _rank(finder: ImageFinder, space: SearchSpace, vectors: np.ndarray, options: SearchOptions,

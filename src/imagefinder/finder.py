@@ -21,16 +21,20 @@ from PIL import Image
 from .confidence import Match, match_labels, threshold_for
 from .embed import Embedder
 from .index import IndexError_, Manifest, Store, is_exact, read_manifest
+from .index.filters import Filter
 from .ingest.decode import ImageError, open_image
-from .ingest.download import fetch
 from .ingest.sources import is_url
-from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
 from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset
 from .region import Box, crop_box, parse_box
 from .search import Hit, SearchSpace, search
 
 if TYPE_CHECKING:
+    from .pipeline import BuildReport
     from .rerank import SpatialReranker
+    from .runners.base import Runner
+
+# The pipeline (and with it httpx, via the downloader) is imported where an index is written or
+# a URL fetched: a search from a file, the common case, does not pay for loading it.
 
 
 @dataclass
@@ -89,14 +93,20 @@ class ImageFinder:
             return True
         return False
 
-    def add(self, sources: list[str], progress: bool = False) -> BuildReport:
-        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search."""
+    def add(self, sources: list[str], progress: bool = False, runner: Runner | None = None) -> BuildReport:
+        """Add images (paths, folders, CSVs, URLs) in place; visible to the next search.
+
+        `runner`: who loads and embeds them (default: the local thread pool)."""
+        from .pipeline import add_to_index
+
         with self._write_lock:
-            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress)
+            report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress, runner=runner)
             self.reload()
         return report
 
     def remove(self, ids: list[int]) -> int:
+        from .pipeline import remove_from_index
+
         with self._write_lock:
             removed = remove_from_index(self.path, ids)
             self.reload()
@@ -143,6 +153,9 @@ class ImageFinder:
         if isinstance(query, bytes):
             return query
         if isinstance(query, str) and is_url(query):
+            from .ingest.download import fetch
+            from .pipeline import default_download_config
+
             result = fetch(query, default_download_config())
             if not result.ok or result.path is None:
                 raise ImageError(f"{query}: {result.error}")
@@ -171,7 +184,8 @@ class ImageFinder:
 
     def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
                qe_alpha: float | None = None, rerank: int | None = None,
-               rerank_budget: float | None | FromPreset = FROM_PRESET, box: Box | str | None = None, preset: str | None = None) -> list[Result]:
+               rerank_budget: float | None | FromPreset = FROM_PRESET, box: Box | str | None = None,
+               preset: str | None = None, where: Filter | None = None) -> list[Result]:
         """Top-k images for a query image.
 
         qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
@@ -179,6 +193,7 @@ class ImageFinder:
         spending at most `rerank_budget` seconds on it. Options left None come from `preset`
         (query-time parts), else from the preset the index was built with, else are off.
         box: search with this region of the query only, (x0, y0, x1, y1) in its pixels.
+        where: only images this metadata filter matches (`Filter.parse(["year>=2000"])`).
         """
         opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
         image = self._image(query)
@@ -187,11 +202,12 @@ class ImageFinder:
         vector = self.embedder.embed_images([image])[0]
         local = self.reranker().query_features(image) if opts["rerank"] else None
         return self.search_vectors(vector[None], k, metric, local_queries=[local] if local is not None else None,
-                                   **opts)[0]
+                                   where=where, **opts)[0]
 
     def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
                   qe_alpha: float | None = None, rerank: int | None = None,
-                  rerank_budget: float | None | FromPreset = FROM_PRESET, preset: str | None = None) -> list[Result]:
+                  rerank_budget: float | None | FromPreset = FROM_PRESET, preset: str | None = None,
+                  where: Filter | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
         opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
         store = self.store
@@ -202,19 +218,21 @@ class ImageFinder:
         if opts["rerank"]:
             local = [self.reranker().cache.get(item_id, record, store.thumbnail_path(item_id))]
         return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric,
-                                   local_queries=local, **opts)[0]
+                                   local_queries=local, where=where, **opts)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine", *, qe: int = 0,
                        qe_alpha: float = 3.0, rerank: int = 0, rerank_budget: float | None = 2.0,
-                       local_queries: list | None = None) -> list[list[Result]]:
-        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`."""
+                       local_queries: list | None = None, where: Filter | None = None) -> list[list[Result]]:
+        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`;
+        `where` keeps only the images a metadata filter matches (applied inside the vector search)."""
         store = self.store  # one consistent generation even if an update lands meanwhile
         if store.index is None:
             return [[] for _ in range(len(queries))]
         if rerank and metric == "euclidean":
             raise ValueError("re-ranking adds to similarity scores: use it with cosine, vote or fusion, not euclidean")
         depth = max(k, rerank) if rerank else k
-        hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha)
+        allowed = None if where is None or where.empty else store.matching_ids(where)
+        hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha, allowed=allowed)
         if rerank and local_queries is not None:
             reranker = self.reranker()
             hits = [h if lf is None else reranker.rerank(lf, h, store, top=rerank, budget_s=rerank_budget)
@@ -223,8 +241,14 @@ class ImageFinder:
         return [self._results(store, h[:k], q, threshold) for h, q in zip(hits, queries)]
 
     def _image(self, query: Query) -> Image.Image:
-        image = query if isinstance(query, Image.Image) else open_image(self._query_bytes(query)).image
-        return image.convert("RGB")
+        if isinstance(query, Image.Image):
+            return query.convert("RGB")
+        try:
+            return open_image(self._query_bytes(query)).image.convert("RGB")
+        except ImageError as exc:  # say which query it was: a batch has several
+            if isinstance(query, bytes) or str(exc).startswith(f"{query}:"):
+                raise
+            raise ImageError(f"{query}: {exc}") from exc
 
     def _results(self, store: Store, hits: list[Hit], query: np.ndarray, threshold: float | None) -> list[Result]:
         rows = store.records([h.id for h in hits])
@@ -240,11 +264,14 @@ class ImageFinder:
 
     def info(self, failures: int | None = 20) -> dict:
         """What the index holds; `failures`: how many failed items to list (None: all)."""
+        from .pipeline import failure_reasons
+
         m = self.manifest
         failed = self.store.failures(None)  # every failure, builds and adds alike, counted by reason
         return {
             "path": str(self.path),
             "model": m.model,
+            "precision": m.precision,
             "index_spec": m.index_spec,
             "embedding_dim": m.embedding_dim,
             "clusters": m.clusters,

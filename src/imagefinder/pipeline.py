@@ -38,9 +38,10 @@ from .index import (
     recover,
     writer_lock,
 )
+from .ingest.decode import path_text
 from .ingest.download import DownloadConfig
 from .ingest.journal import Journal, model_fingerprint
-from .ingest.sources import Item, expand_nonempty
+from .ingest.sources import Item, expand_nonempty, is_url
 from .ingest.stages import Loaded
 from .models import registry
 from .runners.base import Runner
@@ -90,14 +91,14 @@ def build_index(
     config = config or IndexConfig()
     start = time.perf_counter()
     items = expand_nonempty(sources)
-    embedder = embedder or Embedder(config.model)
+    embedder = embedder or Embedder(config.model, precision=config.precision)
     writer = ArtifactWriter(Path(out))
     with resume_journal(writer.journal_path, embedder) as journal:
         try:
             records, raw, resumed = embed_items(items, 0, embedder, writer.thumbs, batch_size=batch_size,
                                                 workers=workers, progress=progress, download=download,
                                                 runner=runner, journal=journal)
-            report = _finish(writer, records, raw, config, embedder, start)
+            report = _finish(writer, records, raw, config, embedder, start, folders_of(sources))
         except BaseException:
             writer.abort()
             raise
@@ -108,7 +109,10 @@ def build_index(
 @contextmanager
 def resume_journal(path: Path, embedder: Embedder) -> Iterator[Journal]:
     """The journal of `embedder`'s items at `path`: kept if the block fails, deleted once it succeeds."""
-    journal = Journal(path, model_fingerprint([asdict(m) for m in embedder.info()]), embedder.dim)
+    info: list[dict] = [asdict(m) for m in embedder.info()]
+    if embedder.precision != "fp32":  # (fp32 journals keep the fingerprint they had before precision existed)
+        info.append({"precision": embedder.precision})
+    journal = Journal(path, model_fingerprint(info), embedder.dim)
     try:
         yield journal
     except BaseException:
@@ -183,8 +187,9 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
             store.close()
             items = [i for i in items if i.source not in known]
         embedder = embedder or Embedder.for_manifest(manifest)
-        if embedder.model != manifest.model:
-            raise IndexError_(f"{path} was built with {manifest.model}, not {embedder.model}")
+        if embedder.model != manifest.model or embedder.precision != manifest.precision:
+            raise IndexError_(f"{path} was built with {manifest.model} ({manifest.precision}), not {embedder.model} "
+                              f"({embedder.precision})")
         with resume_journal(path / ADD_JOURNAL, embedder) as journal:
             records, raw, resumed = embed_items(items, manifest.rows, embedder, path / THUMBS,
                                                 batch_size=batch_size, progress=progress, download=download,
@@ -209,14 +214,21 @@ def remove_from_index(path: Path | str, ids: Sequence[int]) -> int:
     return len(live)
 
 
+def folders_of(sources: Sequence[str]) -> list[str]:
+    """The folders among `sources`, absolute: what `imagefinder sync` re-scans later."""
+    return [path_text(Path(s).expanduser().resolve()) for s in sources if not is_url(s) and Path(s).expanduser().is_dir()]
+
+
 def _finish(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
-            embedder: Embedder, start: float) -> BuildReport:
+            embedder: Embedder, start: float, folders: list[str] | None = None) -> BuildReport:
     """Reduce + index the good vectors, label clusters, write the artifact."""
-    return finish_artifact(writer, records, raw, config, embedder.info(), embedder.member_slices, embedder.dim, start)
+    return finish_artifact(writer, records, raw, config, embedder.info(), embedder.member_slices, embedder.dim, start,
+                           folders, precision=embedder.precision)
 
 
 def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
-                    members: list, member_slices: list, dim: int, start: float) -> BuildReport:
+                    members: list, member_slices: list, dim: int, start: float,
+                    folders: list[str] | None = None, *, precision: str = "fp32") -> BuildReport:
     """Everything after the features: choose/train/tune the index (or fill the Milvus store), write."""
     ok = np.array([r.id for r in records if r.status == "ok"], dtype=np.int64)
     built = build_vectors(raw, ok, config, rows=len(records))
@@ -239,8 +251,10 @@ def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarr
     report = _report(writer.out_dir, records, built.spec, time.perf_counter() - start)
     counts = Counts(items=report.items, indexed=report.indexed, failed=report.failed)
     extra["build_seconds"] = round(report.seconds, 3)
+    if folders:
+        extra["folders"] = folders
     manifest = make_manifest(config, members, built.spec, dim, counts,
-                             {**extra, "member_slices": [list(s) for s in member_slices],
+                             {**extra, "member_slices": [list(s) for s in member_slices], "precision": precision,
                               "failure_reasons": report.failure_reasons})
     try:
         writer.commit(records, raw, built.index, manifest, built.clusters.centroids if built.clusters else None)
@@ -256,16 +270,18 @@ def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarr
 
 
 def index_features(out: Path | str, features: np.ndarray, config: IndexConfig | None = None, *,
-                   sources: Sequence[str] | None = None, members: list | None = None) -> BuildReport:
+                   sources: Sequence[str] | None = None, members: list | None = None,
+                   metas: Sequence[dict] | None = None) -> BuildReport:
     """An artifact from features computed elsewhere (benchmarks, migrations): no images, no thumbnails.
 
-    `features` are raw backbone features, row = id (float16/float32, memory-mapped is fine).
+    `features` are raw backbone features, row = id (float16/float32, memory-mapped is fine);
+    `metas`, one dict per row, the metadata columns recorded with them.
     The index, tuning and manifest are built exactly as by `build_index`.
     """
     config = config or IndexConfig()
     start = time.perf_counter()
     sources = sources if sources is not None else [f"vector:{i}" for i in range(len(features))]
-    records = [Record(id=i, source=str(src)) for i, src in enumerate(sources)]
+    records = [Record(id=i, source=str(src), meta=dict(metas[i]) if metas else {}) for i, src in enumerate(sources)]
     writer = ArtifactWriter(Path(out))
     try:
         return finish_artifact(writer, records, features, config, members or [], [[0, features.shape[1]]],

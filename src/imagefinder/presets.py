@@ -31,7 +31,7 @@ class Preset:
     model: str  # model spec: backbone @ pooling, input (see pooling.py)
     pca: int | None = None
     whiten: bool = False
-    precision: str = "fp32"  # slot for int8 exports (models/export.py); fp32 today
+    precision: str | None = None  # "fp32" | "int8"; None: each backbone's default (models.registry)
     qe: int = 0  # query time: alpha-QE with the top N results
     qe_alpha: float = 3.0
     rerank: int = 0  # query time: spatial verification depth

@@ -30,6 +30,7 @@ import numpy as np
 
 from .embed import l2_normalize
 from .index import VectorIndex
+from .index.faiss_ops import IdSelection
 
 METRICS = ("cosine", "euclidean", "vote", "fusion")
 RRF_K = 60
@@ -54,10 +55,13 @@ class SearchSpace:
 
 
 def search(space: SearchSpace, queries: np.ndarray, k: int, metric: str = "cosine", *,
-           qe: int = 0, qe_alpha: float = 3.0) -> list[list[Hit]]:
+           qe: int = 0, qe_alpha: float = 3.0, allowed: np.ndarray | None = None) -> list[list[Hit]]:
     """Top-k hits for each row of `queries` (raw backbone features, shape (Q, dim)).
 
-    `qe` > 0 expands each query with its top `qe` results (alpha-QE, `qe_alpha`) first.
+    `qe` > 0 expands each query with its top `qe` results (alpha-QE, `qe_alpha`) first (from the
+    whole index: the expansion is about the query, the filter about the results).
+    `allowed` (ascending ids, e.g. a metadata filter's matches): rank only these, inside the
+    vector search, so k results come back whenever k images match.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
@@ -65,7 +69,7 @@ def search(space: SearchSpace, queries: np.ndarray, k: int, metric: str = "cosin
         raise ValueError(f"qe must be >= 0, got {qe}")
     if qe and metric not in ("cosine", "fusion"):
         raise ValueError(f"query expansion works with the cosine and fusion metrics, not {metric!r}")
-    total = space.index.ntotal
+    total = space.index.ntotal if allowed is None else min(space.index.ntotal, len(allowed))
     k = max(0, min(k, total))
     if k == 0:
         return [[] for _ in range(len(queries))]
@@ -73,11 +77,21 @@ def search(space: SearchSpace, queries: np.ndarray, k: int, metric: str = "cosin
     if qe:
         queries = expand_queries(space, queries, qe, qe_alpha)
     if metric == "cosine":
-        scores, ids = space.index.search(l2_normalize(queries), k)
+        scores, ids = _search(space, l2_normalize(queries), k, allowed)
         return [_hits(i, s) for i, s in zip(ids, scores)]
     depth = total if space.exact else min(total, max(CANDIDATES, 10 * k))
-    cos_scores, cand = space.index.search(l2_normalize(queries), depth)
+    cos_scores, cand = _search(space, l2_normalize(queries), depth, allowed)
     return [_rank_candidates(space, q, c, s, k, metric) for q, c, s in zip(queries, cand, cos_scores)]
+
+
+def _search(space: SearchSpace, queries: np.ndarray, k: int,
+            allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The vector index's search, filtered when `allowed` is given (a bare faiss.Index takes no filter)."""
+    if allowed is None:
+        return space.index.search(queries, k)
+    if isinstance(space.index, faiss.Index):
+        return space.index.search(queries, k, params=IdSelection(space.index, allowed, space.index.ntotal).params)
+    return space.index.search(queries, k, allowed)
 
 
 def expand_queries(space: SearchSpace, queries: np.ndarray, n: int, alpha: float = 3.0) -> np.ndarray:

@@ -24,6 +24,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+# ... and of the routes that change the index (see access.py)
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, **{
+    code: {"model": ErrorBody, "description": text} for code, text in {
+        401: "this change needs the API token (Authorization: Bearer ...)",
+        403: "change refused: read-only server, cross-site request, or from another machine without a token",
+    }.items()
+}}
+
 
 def validation_message(exc: ValidationError | RequestValidationError) -> str:
     """pydantic's list of errors as one sentence: where (path/query parameter, field) and what."""

@@ -17,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..finder import ImageFinder
+from .access import WriteAccess, policy_of
 from .errors import install_error_handlers
-from .routers import images, search, status
+from .routers import browse, images, search, status
 from .sample_index import resolve_index
 from .service import Service
 from .settings import Settings
@@ -31,10 +32,19 @@ Find images that look like a query image.
 * **Search** with `POST /search`: upload an image (`multipart/form-data`, field `file`), or send JSON
   `{"url": "https://..."}` or `{"id": 16}` (more like an indexed image). `k` and `metric` go in the
   query string, the JSON body or the form.
+* **Batch**: `POST /search/batch` answers several query images (or `{"queries": [...]}`) at once.
+* **Filters**: `where` (metadata conditions such as `year>=2000`, repeatable) and `source_prefix`, in the
+  query string, the JSON body or the form, narrow a search inside the vector search (k results whenever k
+  images match) and the listing. Each parameter may be given once: `k` twice is a 422, not a guess.
+* **Browse**: `GET /images?offset=&limit=&where=&source_prefix=` lists the collection, newest first.
 * **Images**: `GET /images/{id}` (the original), `GET /images/{id}/thumbnail`, `GET /images/{id}/info`.
 * **Change the index**: `POST /images` (upload or `{"url": ...}`) and `DELETE /images/{id}`; changes are
-  visible to the next search and persist across restarts.
+  visible to the next search and persist across restarts. With `IMAGEFINDER_API_TOKEN` set they need
+  `Authorization: Bearer <token>` (401 otherwise); without it they are accepted only from the server's own
+  machine. Cross-site browser requests are refused (403) either way, and so is every change on a
+  read-only server (`IMAGEFINDER_READ_ONLY=1`).
 
+Result URLs (`thumbnail_url`, `image_url`) are relative to the request's URL: resolve them like links.
 Errors are JSON `{"detail": "..."}` saying what to fix.
 """
 
@@ -68,13 +78,15 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
             await run_in_threadpool(service.load_model)
         log.info("serving %s (%d images)", service.finder.path, service.finder.store.ntotal)
         yield
+        service.close()  # frees the index for a rebuild (an exit does too, even kill -9)
 
     app = _make_fastapi(title="ImageFinder API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(WriteAccess, policy=policy_of(settings))  # inside CORS: refusals keep CORS headers
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)
     install_error_handlers(app)
-    for module in (search, images, status):
+    for module in (search, browse, images, status):
         app.include_router(module.router)
     return app

@@ -15,6 +15,14 @@ Metric = Literal[METRICS]  # type: ignore[valid-type]
 MAX_ID = 2**53  # ids are row numbers; anything beyond this is certainly not one (and fits SQLite)
 MAX_URL = 2048
 MAX_K = 100
+MAX_BATCH = 16  # queries per POST /search/batch
+MAX_PAGE = 500  # images per GET /images page
+
+WHERE_DOC = ("metadata conditions, all of which must hold: COLUMN OP VALUE with OP one of = != < <= > >= "
+             "(numbers compare as numbers), e.g. ['year>=2000', 'city=Paris']")
+PREFIX_DOC = "only images whose source (path or URL as indexed, uploads/NAME for uploads) starts with this"
+URL_DOC = ("relative to the URL of the request that returned it (resolve it like a link, e.g. urljoin), so it "
+           "stays right behind a proxy such as the web page's /api; null in the CLI's output")
 
 
 class SearchRequest(BaseModel):
@@ -28,6 +36,8 @@ class SearchRequest(BaseModel):
     id: int | None = Field(None, ge=0, le=MAX_ID, description="id of an indexed image: find more like it")
     k: int | None = Field(None, ge=1, le=MAX_K, description="number of results (default 10)")
     metric: Metric | None = Field(None, description=f"one of {', '.join(METRICS)} (default cosine)")
+    where: list[str] | None = Field(None, max_length=20, description=WHERE_DOC)
+    source_prefix: str | None = Field(None, max_length=MAX_URL, description=PREFIX_DOC)
     box: list[float] | None = Field(None, min_length=4, max_length=4,
                                     description="search with this region of the query image only: [x0, y0, x1, y1] "
                                                 "in its pixels (left, top, right, bottom); not with 'id'")
@@ -41,6 +51,35 @@ class SearchRequest(BaseModel):
         if self.box is not None and self.id is not None:
             raise ValueError("'box' selects a region of a query image: use it with 'url' or an upload, not 'id'")
         return self
+
+
+class BatchQuery(BaseModel):
+    """One query of a batch: an image URL or the id of an indexed image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, max_length=MAX_URL)
+    id: int | None = Field(None, ge=0, le=MAX_ID)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> BatchQuery:
+        if (self.url is None) == (self.id is None):
+            raise ValueError("each query needs exactly one of 'url' or 'id'")
+        return self
+
+
+class BatchSearchRequest(BaseModel):
+    """Several queries with the same k, metric and filters; uploads go as a multipart form instead."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"queries": [{"id": 16}, {"url": "https://example.com/q.jpg"}], "k": 5, "where": ["year>=2000"]}],
+    })
+
+    queries: list[BatchQuery] = Field(..., min_length=1, max_length=MAX_BATCH)
+    k: int | None = Field(None, ge=1, le=MAX_K)
+    metric: Metric | None = None
+    where: list[str] | None = Field(None, max_length=20, description=WHERE_DOC)
+    source_prefix: str | None = Field(None, max_length=MAX_URL, description=PREFIX_DOC)
 
 
 class AddRequest(BaseModel):
@@ -58,8 +97,8 @@ class SearchResult(BaseModel):
                                           "closer; vote and fusion: rank-fusion scores, higher is closer")
     source: str = Field(..., description="where the image came from: path or URL as indexed, "
                                          "or uploads/NAME for images added through the API")
-    thumbnail_url: str
-    image_url: str
+    thumbnail_url: str | None = Field(default=None, description=URL_DOC)
+    image_url: str | None = Field(default=None, description=URL_DOC)
     width: int | None = None
     height: int | None = None
     cluster: int | None = None
@@ -70,21 +109,38 @@ class SearchResult(BaseModel):
 
 
 class QueryInfo(BaseModel):
-    type: Literal["upload", "url", "id"]
+    type: Literal["upload", "url", "id", "file"] = Field(..., description="file: a path given to the CLI")
     id: int | None = None
     url: str | None = None
     filename: str | None = None
+    path: str | None = Field(default=None, description="the query file (CLI only)")
     width: int | None = None
     height: int | None = None
 
 
 class SearchResponse(BaseModel):
+    """One query's answer: the API's POST /search, each entry of /search/batch, each line of the CLI's --json."""
+
     query: QueryInfo
     k: int
     metric: Metric
-    took_ms: float = Field(..., description="server time for this search, including decoding and fetching")
+    took_ms: float = Field(..., description="time for this search, including decoding and fetching")
     indexed: int = Field(..., description="images in the index")
+    where: list[str] = Field(default_factory=list, description="the metadata conditions applied")
+    source_prefix: str | None = None
     results: list[SearchResult]
+
+
+class SearchFailure(BaseModel):
+    """A query of a batch that could not be answered (the others still are)."""
+
+    query: QueryInfo
+    status: int = Field(..., description="the HTTP status this query alone would have had")
+    error: str = Field(..., description="what was wrong with this query")
+
+
+class BatchSearchResponse(BaseModel):
+    searches: list[SearchResponse | SearchFailure] = Field(..., description="one per query, in request order")
 
 
 class ImageInfo(BaseModel):
@@ -93,9 +149,16 @@ class ImageInfo(BaseModel):
     width: int | None = None
     height: int | None = None
     cluster: int | None = None
-    thumbnail_url: str
-    image_url: str
+    thumbnail_url: str = Field(..., description=URL_DOC)
+    image_url: str = Field(..., description=URL_DOC)
     meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImagePage(BaseModel):
+    total: int = Field(..., description="indexed images matching the filters")
+    offset: int
+    limit: int
+    images: list[ImageInfo] = Field(..., description="newest first")
 
 
 class AddedImage(ImageInfo):
@@ -128,6 +191,10 @@ class Stats(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_k: int
+    writes: Literal["token", "this-machine", "read-only"] = Field(
+        "this-machine", description="who may add and delete images: token = with `Authorization: Bearer <token>`; "
+                                    "this-machine = from the server's own machine only (no token set); "
+                                    "read-only = nobody")
 
 
 class Health(BaseModel):

@@ -18,13 +18,16 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..finder import ImageFinder, Result
+from ..index import ServeLock
+from ..index.filters import Filter, FilterError
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
 from ..region import BoxError, crop_box, parse_box
+from .fetching import FetchPool
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
 from .uploads import CheckedImage, check_image
-from .writes import UploadWriter
+from .writes import UPLOADS, UploadWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,7 +37,9 @@ class Service:
     def __init__(self, finder: ImageFinder, settings: Settings) -> None:
         self.finder = finder
         self.settings = settings
+        self.served = ServeLock(finder.path)  # a build that would replace the index refuses meanwhile
         self.writer = UploadWriter(finder)
+        self.fetches = FetchPool(settings.fetch_workers, settings.fetch_per_host)
         self._checked = time.monotonic()
         # CPU-bound work (decode, embed, search) waits here in arrival order, so a burst of
         # requests is served first come, first served instead of all slowing each other down.
@@ -44,6 +49,10 @@ class Service:
         """Run `fn` in the thread pool once one of the CPU slots is free (FIFO)."""
         async with self._cpu_slots:
             return await run_in_threadpool(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self.fetches.close()
+        self.served.release()
 
     def load_model(self) -> None:
         self.finder.embedder  # noqa: B018 - loads the model once
@@ -63,15 +72,26 @@ class Service:
 
     def check(self, data: bytes, what: str = "the file") -> CheckedImage:
         s = self.settings
-        return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels, what=what)
+        return check_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.pixel_limit, what=what)
 
-    def search_upload(self, data: bytes, k: int, metric: str, box: list[float] | None = None,
+    def filter_of(self, where: list[str], source_prefix: str | None) -> Filter | None:
+        """The request's metadata filter (None: none); an `uploads/` prefix means this server's uploads."""
+        if source_prefix and source_prefix.startswith(f"{UPLOADS}/"):
+            source_prefix = f"{self.writer.uploads}/{source_prefix[len(UPLOADS) + 1:]}"
+        try:
+            flt = Filter.parse(where, source_prefix)
+        except FilterError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return None if flt.empty else flt
+
+    def search_upload(self, data: bytes, k: int, metric: str, where: Filter | None = None,
+                      what: str = "the file", box: list[float] | None = None,
                       preset: str | None = None) -> tuple[CheckedImage, list[Result]]:
-        image = self.check(data)
-        return image, self.search_image(image, k, metric, box, preset)
+        image = self.check(data, what)
+        return image, self.search_image(image, k, metric, where, box, preset)
 
-    def search_image(self, image: CheckedImage, k: int, metric: str, box: list[float] | None = None,
-                     preset: str | None = None) -> list[Result]:
+    def search_image(self, image: CheckedImage, k: int, metric: str, where: Filter | None = None,
+                     box: list[float] | None = None, preset: str | None = None) -> list[Result]:
         self.refresh()
         query = image.decoded.image
         if box is not None:  # the box is in the image's own pixels; it may have been decoded smaller (draft)
@@ -79,16 +99,22 @@ class Service:
                 query = crop_box(query, parse_box(box), (image.decoded.width, image.decoded.height))
             except BoxError as exc:
                 raise HTTPException(422, str(exc)) from None
-        return self.finder.search(query, k=k, metric=metric, preset=preset)
+        return self.finder.search(query, k=k, metric=metric, where=where, preset=preset)
 
-    def search_id(self, image_id: int, k: int, metric: str, preset: str | None = None) -> list[Result]:
+    def search_id(self, image_id: int, k: int, metric: str, where: Filter | None = None,
+                  preset: str | None = None) -> list[Result]:
         self.refresh()
         try:
-            return self.finder.search_id(image_id, k=k, metric=metric, preset=preset)
+            return self.finder.search_id(image_id, k=k, metric=metric, where=where, preset=preset)
         except KeyError:
             raise HTTPException(404, f"no indexed image with id {image_id}") from None
 
-    def fetch(self, url: str) -> CheckedImage:
+    async def fetch(self, url: str) -> CheckedImage:
+        """The image at `url`: downloaded on the fetch pool, then checked (decoded) in a CPU slot."""
+        data = await self.fetches.run(url, lambda: self.download(url))
+        return await self.cpu(self.check, data, "the image at the URL")
+
+    def download(self, url: str) -> bytes:
         s = self.settings
         try:
             fetched = safe_fetch(url, allow_private=s.allow_private_urls, max_bytes=s.max_upload_bytes,
@@ -97,7 +123,7 @@ class Service:
             raise HTTPException(413, f"cannot use the URL: {exc}") from None
         except FetchError as exc:
             raise HTTPException(422, f"cannot use the URL: {exc}") from None
-        return self.check(fetched.content, what="the image at the URL")
+        return fetched.content
 
     # -- rows and their public form ------------------------------------------------------------
 
@@ -110,18 +136,29 @@ class Service:
     def result(self, request: Request, r: Result) -> SearchResult:
         return SearchResult(rank=r.rank, id=r.id, score=r.score, source=self.writer.public_source(r.source),
                             width=r.width, height=r.height, cluster=r.cluster, meta=r.meta or {}, match=r.match,
-                            **_urls(request, r.id))
+                            **_urls(request, r.id, self.settings.public_url))
 
     def image_info(self, request: Request, row: dict) -> ImageInfo:
         return ImageInfo(id=row["id"], source=self.writer.public_source(row["source"]), width=row.get("width"),
                          height=row.get("height"), cluster=row.get("cluster"), meta=row.get("meta") or {},
-                         **_urls(request, row["id"]))
+                         **_urls(request, row["id"], self.settings.public_url))
 
 
-def _urls(request: Request, image_id: int) -> dict[str, str]:
-    """Absolute URLs as this request reached the server (host and root path included)."""
-    base = str(request.base_url).rstrip("/")
-    return {"thumbnail_url": f"{base}/images/{image_id}/thumbnail", "image_url": f"{base}/images/{image_id}"}
+def _urls(request: Request, image_id: int, public_url: str | None) -> dict[str, str]:
+    """URLs of an image: under the configured public URL, else relative to the request's own URL
+    ("images/5" from /search, "../images/5" from /search/batch).
+
+    A client resolves relative ones like links, so they stay right behind any proxy or path prefix
+    (the page's /api/ forwarder); neither form is built from the client's Host header."""
+    if public_url:
+        return {"thumbnail_url": f"{public_url}/images/{image_id}/thumbnail",
+                "image_url": f"{public_url}/images/{image_id}"}
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    up = "../" * max(path.count("/") - 1, 0)
+    return {"thumbnail_url": f"{up}images/{image_id}/thumbnail", "image_url": f"{up}images/{image_id}"}
 
 
 async def get_service(request: Request) -> Service:

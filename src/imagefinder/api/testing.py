@@ -52,13 +52,16 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def start_asgi(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> ServerThread:
-    """Start uvicorn serving `app` on host:port (0 = any free port); returns once it accepts connections."""
+def start_asgi(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+               **options: Any) -> ServerThread:
+    """Start uvicorn serving `app` on host:port (0 = any free port); returns once it accepts connections.
+
+    `options`: more uvicorn.Config options (`server.uvicorn_options(settings)`: the slow-client limits)."""
     import uvicorn
 
     sock = _bound_socket(host, port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5, **options)
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
 

@@ -7,22 +7,20 @@ a bad field). Messages say what to fix and never echo server paths.
 
 from __future__ import annotations
 
-import io
+import asyncio
 import re
-import warnings
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
-from PIL import Image
 from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from ..ingest.decode import MAX_PIXELS, Decoded, ImageError, open_image, sniff_image_type
+from ..ingest.decode import Decoded, ImageError, open_image, probe_size, sniff_image_type, too_many_pixels
 
 FORMATS = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tif"}
-DRAFT_SIZE = 512  # big JPEG queries decode at reduced scale (>= every backbone's input size)
+DRAFT_SIZE = 512  # images decode at reduced scale, short side >= this (>= every backbone's input and the thumbnail)
 
 
 MAX_FILENAME = 255
@@ -55,15 +53,25 @@ def too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"the upload is too large: the limit is {_mb(limit)}; send a smaller image")
 
 
-async def read_body(request: Request, limit: int, shown_limit: int | None = None) -> bytes:
+async def read_body(request: Request, limit: int, shown_limit: int | None = None, timeout: float = 60.0) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes.
 
     `shown_limit` is the size the error message quotes (the image cap, without the room
     allowed for multipart headers).
 
     A declared Content-Length over the limit is refused before reading; a chunked body is
-    counted while it streams, so no more than `limit` bytes are ever held.
+    counted while it streams, so no more than `limit` bytes are ever held. A body still not
+    complete after `timeout` seconds is answered 408 (a slow client must not hold a request open).
     """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit, shown_limit)
+    except TimeoutError:
+        raise HTTPException(408, f"the request body did not arrive within {timeout:g} s; send it faster or "
+                                 "send a smaller image", headers={"Connection": "close"}) from None
+
+
+async def _read_body(request: Request, limit: int, shown_limit: int | None) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -113,8 +121,13 @@ class CheckedImage:
         return EXTENSIONS[self.kind]
 
 
-def check_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "the file") -> CheckedImage:
-    """Bytes -> a decoded image, or the HTTP error that tells the client what to fix."""
+def check_image(data: bytes, *, max_bytes: int, max_pixels: int, draft_size: int = DRAFT_SIZE,
+                what: str = "the file") -> CheckedImage:
+    """Bytes -> a decoded image, or the HTTP error that tells the client what to fix.
+
+    The image is decoded once, at a bounded size (`open_image(draft_size=...)`): what is kept is
+    what the model and the thumbnail need, never a full-size RGB copy of a big image. Callers
+    run this in a CPU slot (`Service.cpu`), so the decodes in progress are bounded too."""
     if not data:
         raise HTTPException(422, f"{what} is empty (0 bytes); choose an image file")
     if len(data) > max_bytes:
@@ -123,27 +136,14 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "th
     if kind is None:
         raise HTTPException(415, f"{what} is not a supported image: its contents are not {FORMATS} "
                                  "(the type is checked from the file's first bytes, not its name)")
-    width, height = _probe_size(data)
-    limit = min(max_pixels, MAX_PIXELS)
-    if width and height and width * height > limit:
-        raise HTTPException(413, f"the image is too large: {width}x{height} = {width * height:,} pixels, "
-                                 f"the limit is {limit:,}; resize it and try again")
     try:
-        decoded = open_image(data, draft_size=DRAFT_SIZE)
+        probe_size(data, max_pixels)  # a header-only bomb is refused before any pixel is decoded
+        decoded = open_image(data, draft_size=draft_size, max_pixels=max_pixels)
     except ImageError as exc:
         message = str(exc)
-        if message.startswith(("too many pixels", "decompression bomb")):
+        if message.startswith("decompression bomb"):  # Pillow's own guard: quote our limit, not Pillow's
+            message = too_many_pixels(max_pixels)
+        if message.startswith("too many pixels"):
             raise HTTPException(413, f"the image is too large: {message}; resize it and try again") from None
         raise HTTPException(422, f"cannot read {what} as a {kind.upper()} image: {message}") from None
     return CheckedImage(data, kind, decoded)
-
-
-def _probe_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header alone (no pixel decoding), (0, 0) if unreadable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as probe:
-                return probe.size
-    except Exception:  # noqa: BLE001 - corrupt files get a proper message from open_image below
-        return 0, 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -20,7 +21,9 @@ from fastapi import HTTPException
 
 from ..atomic import write_bytes
 from ..finder import ImageFinder
-from .uploads import CheckedImage
+from ..ingest.sources import is_url
+from ..runners.decoded import DecodedRunner
+from .uploads import EXTENSIONS, CheckedImage
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ UPLOADS = "uploads"
 LISTING_TEMP = ".add-"  # prefix of the listing CSVs
 STALE_TEMP_S = 3600.0  # older than any request: left by a server that was killed
 PAGE = 500  # rows read from the id table at once
+_UPLOAD_NAME = re.compile(rf"[0-9a-f]{{64}}\.(?:{'|'.join(sorted(set(EXTENSIONS.values())))})")
 
 
 class UploadWriter:
@@ -39,13 +43,19 @@ class UploadWriter:
         self.uploads = Path(finder.path).resolve() / UPLOADS
         self._lock = threading.Lock()
         sweep_temp_files(self.uploads)
+        self.sweep_orphans()
 
     def public_source(self, source: str) -> str:
-        """Uploaded files are shown relative to the index (`uploads/NAME`), not as server paths."""
-        try:
-            return f"{UPLOADS}/{Path(source).relative_to(self.uploads)}"
-        except ValueError:
+        """A source as callers may see it: never a server path. Uploads are `uploads/NAME` (relative to
+        the index), other local files their file name (the folder they were indexed from is the
+        server's business); URLs as they are."""
+        if is_url(source):
             return source
+        path = Path(source)
+        try:
+            return f"{UPLOADS}/{path.relative_to(self.uploads)}"
+        except ValueError:
+            return path.name
 
     def add(self, images: list[tuple[CheckedImage, dict[str, str]]]) -> list[tuple[dict, bool]]:
         """Save checked images under INDEX/uploads/<sha256>.<ext> and add them; (row, created) each."""
@@ -60,8 +70,10 @@ class UploadWriter:
                 paths.append(path)
             before = self.finder.manifest.rows
             listing = self._write_listing(paths, [meta for _, meta in images])
+            # each image was decoded (at a bounded size) when it was checked: embed that, not a second decode
+            runner = DecodedRunner({str(path): image.decoded for path, (image, _meta) in zip(paths, images)})
             try:
-                report = self.finder.add([str(listing)])
+                report = self.finder.add([str(listing)], runner=runner)
             except BaseException:
                 _unlink(written)
                 raise
@@ -107,6 +119,27 @@ class UploadWriter:
                 writer.writerow([str(path), *(meta.get(c, "") for c in columns)])
         return Path(name)
 
+    def sweep_orphans(self) -> int:
+        """Remove uploads no indexed image refers to: saved by an add that was killed (kill -9) before
+        it committed. Only names `add` writes, and only files older than any request, so another
+        worker's add in flight keeps its own."""
+        if not self.uploads.is_dir():
+            return 0
+        known = set(self.finder.store.ids_by_source())
+        cutoff, removed = time.time() - STALE_TEMP_S, 0
+        for path in self.uploads.iterdir():
+            try:
+                if not _is_upload(path.name) or str(path) in known or path.stat().st_mtime >= cutoff:
+                    continue
+                path.unlink()
+                removed += 1
+            except OSError:
+                continue  # gone already, or not ours to remove
+        if removed:
+            log.info("removed %d file(s) from %s that no indexed image refers to (left by an interrupted add)",
+                     removed, self.uploads)
+        return removed
+
     def remove(self, image_id: int) -> bool:
         with self._lock:
             row = self.finder.store.records([image_id]).get(image_id)
@@ -126,6 +159,11 @@ class UploadWriter:
 def _unlink(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def _is_upload(name: str) -> bool:
+    """A name `add` writes (`<sha256>.<ext>`): anything else in uploads/ is not ours to sweep."""
+    return bool(_UPLOAD_NAME.fullmatch(name))
 
 
 def _is_temp(name: str) -> bool:

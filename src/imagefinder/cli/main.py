@@ -22,6 +22,7 @@ from .build import ADD_COMMAND, DEMO_COMMAND, INDEX_COMMAND, REBUILD_COMMAND, RE
 from .options import EXIT_INPUT, EXIT_INTERRUPTED, Command
 from .query import DUPLICATES_COMMAND, SEARCH_COMMAND
 from .report import EVALUATE_COMMAND, INFO_COMMAND
+from .sync import SYNC_COMMAND
 from .train import TRAIN_COMMAND
 
 EPILOG = """examples:
@@ -29,6 +30,8 @@ EPILOG = """examples:
   imagefinder index urls.csv --out my-index         a CSV with a url column
   imagefinder search my-index query.jpg -k 5        the 5 most similar images
   imagefinder search my-index https://host/q.jpg --json
+  imagefinder search my-index q1.jpg q2.jpg queries/ --where 'year>=2000' --json   one JSON line per query
+  imagefinder sync my-index                         pick up new, changed and deleted files
   imagefinder evaluate ../shared/data/ukbench1000 --json
   imagefinder evaluate DATA --model efficientnet-lite0@gem3,ms --qe 2 --rerank 30 --latency 50
   imagefinder duplicates my-index --json            exact / near-duplicate / similar groups
@@ -44,7 +47,7 @@ SERVE_COMMAND = Command("serve", "start the REST API (:8000) and the web page (:
                         lambda args: EXIT_INPUT, description="See `imagefinder serve --help`.", add_help=False)
 # In the order `imagefinder --help` lists them.
 COMMANDS = (INDEX_COMMAND, SEARCH_COMMAND, EVALUATE_COMMAND, INFO_COMMAND, DUPLICATES_COMMAND, ADD_COMMAND,
-            REMOVE_COMMAND, REBUILD_COMMAND, TRAIN_COMMAND, DEMO_COMMAND, SERVE_COMMAND)
+            SYNC_COMMAND, REMOVE_COMMAND, REBUILD_COMMAND, TRAIN_COMMAND, DEMO_COMMAND, SERVE_COMMAND)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ def preset_option(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def model_options(p: argparse.ArgumentParser) -> None:
-    from ..models import BACKBONES, DEFAULT_MODEL
+    from ..models import BACKBONES, DEFAULT_MODEL, PRECISIONS
 
     preset_option(p, "backbone, input size, pooling, PCA, query expansion, verification depth; recorded in the "
                      "manifest. Not combinable with --model/--pca/--whiten/--index")
@@ -77,6 +77,11 @@ def model_options(p: argparse.ArgumentParser) -> None:
                         "efficientnet-lite2@gem2,long512 or efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, "
                         "gem/gemP, ms/msA_B, powA; longN = aspect ratio kept, long side N px; squareN = squashed "
                         "to N x N; recorded in the manifest and used for every query)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32, or int8: statically quantised graphs, calibrated on the built-in sample photos "
+                        "(faster on CPUs with int8 dot products; cached like the fp32 export). Default: per "
+                        "backbone, int8 where its measured retrieval loss is negligible (README 'Measured'). "
+                        "Recorded in the manifest: queries use the index's precision")
     p.add_argument("--pca", type=int, metavar="D", help="reduce features to D dims with PCA before indexing")
     p.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
     p.add_argument("--clusters", type=int, metavar="K",
@@ -102,11 +107,11 @@ def index_config(args: argparse.Namespace) -> IndexConfig:
                          "or drop --preset and give the options")
     if not explicit:
         config = IndexConfig.from_preset(get_preset(args.preset or DEFAULT_PRESET))
-        return replace(config, clusters=args.clusters, nprobe=args.nprobe)
+        return replace(config, clusters=args.clusters, nprobe=args.nprobe, precision=args.precision or config.precision)
     if args.whiten and not args.pca and not args.spec:
         raise UsageError("--whiten needs --pca D (whitening is part of the PCA)")
-    return IndexConfig(model=args.model or DEFAULT_MODEL, pca=args.pca, whiten=args.whiten, clusters=args.clusters,
-                       spec=args.spec, nprobe=args.nprobe)
+    return IndexConfig(model=args.model or DEFAULT_MODEL, precision=args.precision, pca=args.pca, whiten=args.whiten,
+                       clusters=args.clusters, spec=args.spec, nprobe=args.nprobe)
 
 
 def download_options(p: argparse.ArgumentParser) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .options import (
     EXIT_EMPTY,
+    EXIT_INPUT,
     EXIT_OK,
     Command,
     UsageError,
@@ -19,10 +23,15 @@ from .options import (
     query_options,
 )
 
+if TYPE_CHECKING:
+    from ..finder import ImageFinder, Result
+
 
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("index", type=Path, metavar="DIR", help="index directory made by `imagefinder index`")
-    p.add_argument("query", metavar="QUERY", help="image path or http(s) URL")
+    p.add_argument("query", nargs="+", metavar="QUERY",
+                   help="image path, http(s) URL, or a folder (each image in it, recursively); several queries "
+                        "give one answer each")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     metric_option(p, "cosine similarity (default), euclidean distance on raw features, vote (rank fusion), or "
                      "fusion (weighted rank fusion of ensemble members)")
@@ -30,37 +39,114 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                      "the index was built with")
     query_options(p)
     p.add_argument("--box", metavar="X0,Y0,X1,Y1",
-                   help="search with this region of the query image only (pixels: left, top, right, bottom)")
+                   help="search with this region of the query image only (pixels: left, top, right, bottom; with "
+                        "several queries, the same box of each)")
+    p.add_argument("--where", action="append", metavar="COND",
+                   help="only images whose metadata (the CSV's extra columns) match: COLUMN OP VALUE with OP one of "
+                        "= != < <= > >= (numbers compare as numbers), e.g. --where 'year>=2000' --where city=Paris; "
+                        "applied inside the search, so k results come whenever k images match")
+    p.add_argument("--source-prefix", metavar="PREFIX",
+                   help="only images whose source (path or URL as indexed) starts with PREFIX")
     p.add_argument("--json", action="store_true",
-                   help='print {"query": ..., "results": [{"rank", "id", "source", "score", "match"}, ...]}; '
-                        'match: "strong" (same object or scene, calibrated per model) or "weak"')
+                   help="one JSON object per query, one per line: the API's SearchResponse (see /docs), "
+                        '{"query", "k", "metric", "results": [{"rank", "id", "score", "source", ...}]}; '
+                        'a query that fails prints {"query", "status", "error"} instead. Each result has "match": '
+                        '"strong" (the same object or scene, calibrated per model) or "weak"')
     common(p)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """Each query in turn; one that fails (not an image, unreachable) is reported and the others still run.
+
+    Exit 2 if any query failed, else 1 if no query found anything, else 0."""
     from ..finder import ImageFinder
+    from ..index.filters import Filter
+    from ..ingest.decode import ImageError
     from ..presets import FROM_PRESET
-    from ..region import parse_box
+    from ..region import BoxError, parse_box
 
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, got {args.k}")
     check_query_options(args)
+    where = Filter.parse(args.where, args.source_prefix)
     box = parse_box(args.box) if args.box is not None else None
+    budget = FROM_PRESET if args.rerank_budget is None else args.rerank_budget
+    queries = expand_queries(args.query)
     finder = ImageFinder(args.index)
-    results = finder.search(args.query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
-                            rerank=args.rerank, rerank_budget=FROM_PRESET if args.rerank_budget is None else args.rerank_budget, box=box,
-                            preset=args.preset)
-    if args.json:
-        print(json.dumps({"query": args.query, "metric": args.metric, **({"box": list(box)} if box else {}),
-                          "results": [r.to_dict() for r in results]}))
-    else:
-        label = "distance" if args.metric == "euclidean" else "score"
-        print(f"{'rank':>4}  {label:>8}  {'match':>6}  {'id':>6}  source")
-        for r in results:
-            print(f"{r.rank:>4}  {r.score:8.4f}  {r.match or '-':>6}  {r.id:>6}  {r.source}")
-        if results and all(r.match == "weak" for r in results):
-            print("no close match: every result is only weakly similar (see README 'Retrieval quality')")
-    return EXIT_OK if results else EXIT_EMPTY
+    failed = found = 0
+    for n, query in enumerate(queries):
+        start = time.perf_counter()
+        try:
+            results = finder.search(query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
+                                    rerank=args.rerank, rerank_budget=budget, where=where, box=box,
+                                    preset=args.preset)
+        except (ImageError, BoxError) as exc:
+            failed += 1
+            print(f"imagefinder: error: {exc}", file=sys.stderr)
+            if args.json:
+                print(json_failure(query, str(exc)), flush=True)
+            continue
+        found += bool(results)
+        if args.json:
+            print(json_answer(args, finder, query, results, time.perf_counter() - start), flush=True)
+        else:
+            print_results(args.metric, results, title=query if len(queries) > 1 else None, first=n == 0)
+    return EXIT_INPUT if failed else EXIT_OK if found else EXIT_EMPTY
+
+
+def expand_queries(queries: list[str]) -> list[str]:
+    """Folders become the images in them (sorted, recursively); paths and URLs stay as given."""
+    from ..ingest.sources import is_url, walk_images
+
+    out: list[str] = []
+    for query in queries:
+        if not is_url(query) and Path(query).is_dir():
+            images = [str(p) for p in walk_images(Path(query))]
+            if not images:
+                raise UsageError(f"{query}: a folder without images")
+            out += images
+        else:
+            out.append(query)
+    return out
+
+
+def _query_info(query: str) -> dict:
+    from ..ingest.sources import is_url
+
+    return {"type": "url", "url": query} if is_url(query) else {"type": "file", "path": query,
+                                                                  "filename": Path(query).name}
+
+
+def json_answer(args: argparse.Namespace, finder: ImageFinder, query: str, results: list[Result],
+                seconds: float) -> str:
+    """The API's SearchResponse for one query (one schema for both), without server URLs."""
+    from ..api.schemas import QueryInfo, SearchResponse, SearchResult
+
+    return SearchResponse(
+        query=QueryInfo(**_query_info(query)), k=args.k, metric=args.metric, took_ms=round(seconds * 1000, 2),
+        indexed=finder.store.ntotal, where=list(args.where or []), source_prefix=args.source_prefix,
+        results=[SearchResult(rank=r.rank, id=r.id, score=r.score, source=r.source, width=r.width, height=r.height,
+                              cluster=r.cluster, meta=r.meta or {}, match=r.match) for r in results],
+    ).model_dump_json()
+
+
+def json_failure(query: str, error: str) -> str:
+    from ..api.schemas import QueryInfo, SearchFailure
+
+    return SearchFailure(query=QueryInfo(**_query_info(query)), status=422, error=error).model_dump_json()
+
+
+def print_results(metric: str, results: list[Result], title: str | None = None, first: bool = True) -> None:
+    if title is not None:
+        if not first:
+            print()
+        print(title)
+    label = "distance" if metric == "euclidean" else "score"
+    print(f"{'rank':>4}  {label:>8}  {'match':>6}  {'id':>6}  source")
+    for r in results:
+        print(f"{r.rank:>4}  {r.score:8.4f}  {r.match or '-':>6}  {r.id:>6}  {r.source}")
+    if results and all(r.match == "weak" for r in results):
+        print("no close match: every result is only weakly similar (see README 'Retrieval quality')")
 
 
 DUPLICATES = ("Group the images of an index (or of a folder, indexed first into a temporary directory with --model) "
@@ -112,7 +198,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SEARCH_COMMAND = Command("search", "find the images most similar to a query image", _search_options, cmd_search,
-                         description="Rank the indexed images by similarity to QUERY (a file path or http(s) URL).")
+SEARCH_COMMAND = Command("search", "find the images most similar to query images", _search_options, cmd_search,
+                         description="Rank the indexed images by similarity to each QUERY (a file path, a folder of "
+                                     "images or an http(s) URL).")
 DUPLICATES_COMMAND = Command("duplicates", "list exact duplicates, near-duplicates and similar images",
                              _duplicates_options, cmd_duplicates, description=DUPLICATES)

@@ -73,7 +73,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     c = info["counts"]
     print(f"index      {info['path']}  (created {info['created_at']})")
-    print(f"model      {info['model']}  ({info['embedding_dim']}-d)")
+    print(f"model      {info['model']}  ({info['embedding_dim']}-d, {info['precision']})")
     print(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
     print(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
     _print_search(finder.manifest)

@@ -9,6 +9,7 @@ directories) is removed by the next build, under the lock.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -49,6 +50,11 @@ class ArtifactWriter:
         if self.out_dir.exists() and not (self.out_dir / MANIFEST).is_file() and any(self.out_dir.iterdir()):
             raise IndexError_(f"{self.out_dir} exists and is not an ImageFinder index; refusing to replace it")
         self._lock = BuildLock(self.out_dir)
+        try:
+            self._served = refuse_if_served(self.out_dir)
+        except BaseException:
+            self._lock.release()
+            raise
         _clear_debris(self.out_dir)
         self.tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         (self.tmp / THUMBS).mkdir(parents=True)
@@ -76,13 +82,19 @@ class ArtifactWriter:
         fsync_dir(self.tmp)
         replaced = _store_of(self.out_dir)
         swap_into_place(self.tmp, self.out_dir)
-        self._lock.release()
+        self._release()
         if replaced and replaced != manifest.store:
             _drop_store_quietly(replaced)
         return self.out_dir
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._served is not None:
+            os.close(self._served)  # drops the flock; the file went with the replaced directory
+            self._served = None
         self._lock.release()
 
 
@@ -115,6 +127,57 @@ class BuildLock:
         if self._lock.is_locked:
             self.path.unlink(missing_ok=True)
             self._lock.release()
+
+
+SERVED_LOCK = ".served.lock"  # inside the index: share-locked by every process serving it
+
+
+def refuse_if_served(out_dir: Path) -> int | None:
+    """Lock `out_dir` against servers until the build has swapped it (an fd to close), or refuse.
+
+    A server holds a shared lock on INDEX/.served.lock while it runs (`ServeLock`); replacing the
+    directory under it would move its uploads/ away and lose every write acknowledged after the
+    swap, so a build into a served index is refused with what to do instead."""
+    lock = out_dir / SERVED_LOCK
+    if not (out_dir / MANIFEST).is_file():  # not an index (yet): nothing serves it
+        return None
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexError_(f"{out_dir} is being served by a running ImageFinder API; rebuilding it now would lose "
+                          "the images the API adds meanwhile. Stop the server first, or build into another folder "
+                          "(--out NEW) and serve that; `imagefinder add` and `imagefinder rebuild` update a "
+                          "served index in place") from None
+    return fd
+
+
+class ServeLock:
+    """Held by a serving process for its lifetime (released at exit, even by kill -9): builds that
+    would replace the index directory refuse while any server holds it (`refuse_if_served`)."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.path = Path(index_dir) / SERVED_LOCK
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only index: nothing here can replace it either
+            log.info("not locking %s: %s", self.path, exc.strerror or exc)
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise IndexError_(f"{index_dir} is being replaced by `imagefinder index` right now; start the server "
+                              "once that build has finished") from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    __del__ = release
 
 
 def writer_lock(path: Path) -> FileLock:

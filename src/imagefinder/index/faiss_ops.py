@@ -125,6 +125,40 @@ def apply_chain(index: faiss.Index, vectors: np.ndarray) -> np.ndarray:
     return out
 
 
+class IdSelection:
+    """FAISS search parameters that rank only `allowed` ids (row numbers), for one filtered search.
+
+    A bitmap selector (one bit per row: constant-time membership, unlike IDSelectorArray's scan);
+    the object holds the bitmap, which FAISS only points to. Approximate indexes look further in
+    proportion to how much the filter leaves out (nprobe / efSearch divided by the matching
+    fraction, up to exhaustive), so a narrow filter still finds its k best matches.
+    """
+
+    def __init__(self, index: faiss.Index, allowed: np.ndarray, rows: int) -> None:
+        allowed = np.asarray(allowed, np.int64)
+        rows = max(int(rows), int(allowed.max()) + 1 if len(allowed) else 0)
+        bits = np.zeros(rows, bool)
+        bits[allowed] = True
+        self.bitmap = np.packbits(bits, bitorder="little")  # bit i of byte i // 8 = id i, as FAISS reads it
+        self.selector = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(self.bitmap))
+        fraction = max(len(allowed), 1) / max(int(index.ntotal), 1)
+        ivf, hnsw = ivf_of(index), hnsw_of(index)
+        # built by attribute: the faiss type stubs predate selectors on search parameters
+        params: Any
+        if ivf is not None:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = min(ivf.nlist, int(np.ceil(ivf.nprobe / min(fraction, 1.0))))
+            params.max_codes = ivf.max_codes
+        elif hnsw is not None:
+            ef = hnsw.hnsw.efSearch
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(ef, int(min(index.ntotal, np.ceil(ef / min(fraction, 1.0)))))
+        else:
+            params = faiss.SearchParameters()
+        params.sel = self.selector
+        self.params: faiss.SearchParameters = params
+
+
 def set_nprobe(index: faiss.Index, nprobe: int | None) -> None:
     ivf = ivf_of(index)
     if ivf is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .filters import Condition, Filter
 from .layout import IndexError_
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,40 @@ SCHEMA_VERSION = 1
 def _visible(generation: int) -> str:
     """SQL condition for rows that exist in `generation` (later ones are uncommitted)."""
     return f"added_gen <= {int(generation)} AND (removed_gen IS NULL OR removed_gen > {int(generation)})"
+
+
+def _condition_sql(c: Condition, v: str) -> tuple[str, list[Any]]:
+    """One metadata condition on the column `v` (the value as text, NULL when the row lacks it)."""
+    if c.op == "=":
+        return f"{v} = ?", [c.value]
+    if c.op == "!=":  # rows without the column are "not equal" too
+        return f"{v} IS NOT ?", [c.value]
+    if c.number is None:  # text order (ISO dates sort as dates)
+        return f"{v} {c.op} ?", [c.value]
+    # numbers: only values that look like one (CAST would read 'abc' as 0)
+    return f"({v} GLOB '*[0-9]*' AND {v} NOT GLOB '*[^0-9.eE+-]*' AND CAST({v} AS REAL) {c.op} ?)", [c.number]
+
+
+def filtered_ids_sql(visible: str, flt: Filter) -> tuple[str, list[Any]]:
+    """SELECT of the ids `flt` matches among rows where `visible` holds, ascending.
+
+    Each condition's value is extracted from the JSON once per row, in a materialised CTE
+    (a numeric test reads it three times; SQLite would re-parse the JSON for each). The JSON
+    path is a parameter, never spliced into the SQL."""
+    columns, column_params, conditions, params = [], [], [], []
+    if flt.source_prefix:
+        conditions.append("substr(source, 1, ?) = ?")
+        params += [len(flt.source_prefix), flt.source_prefix]
+    for i, condition in enumerate(flt.conditions):
+        columns.append(f", trim(CAST(json_extract(meta, ?) AS TEXT)) AS c{i}")
+        column_params.append(f'$."{condition.column}"')
+        sql, values = _condition_sql(condition, f"c{i}")
+        conditions.append(sql)
+        params += values
+    where = " AND ".join(conditions) or "1"
+    # MATERIALIZED: SQLite >= 3.35 (Debian 12 has 3.40)
+    cte = f"WITH m AS MATERIALIZED (SELECT id, source{''.join(columns)} FROM items WHERE {visible})"
+    return f"{cte} SELECT id FROM m WHERE {where} ORDER BY id", [*column_params, *params]
 
 
 def _is_hot_journal(exc: sqlite3.OperationalError) -> bool:
@@ -205,6 +240,18 @@ class Items:
         if limit is not None:
             sql = f"SELECT id FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
         return np.array([r[0] for r in self._query(sql, (int(since),))], np.int64)
+
+    def matching_ids(self, generation: int, flt: Filter) -> np.ndarray:
+        """Ids of indexed images that `flt` matches, ascending (what a filtered search ranks)."""
+        sql, params = filtered_ids_sql(f"status='ok' AND {_visible(generation)}", flt)
+        return np.array([r[0] for r in self._query(sql, params)], np.int64)
+
+    def page(self, generation: int, offset: int, limit: int) -> tuple[int, list[Record]]:
+        """(how many indexed images there are, `limit` of them from `offset`), newest (highest id) first."""
+        base = f"FROM items WHERE status='ok' AND {_visible(generation)}"
+        total = int(self._query(f"SELECT COUNT(*) {base}")[0][0])
+        rows = self._query(f"SELECT * {base} ORDER BY id DESC LIMIT ? OFFSET ?", [int(limit), int(offset)])
+        return total, [Record.from_row(r) for r in rows]
 
     def rows_of_generation(self, generation: int) -> int:
         """Rows (ids handed out) as of `generation`: the training size of indexes that predate its recording."""

@@ -49,6 +49,7 @@ class IndexConfig:
     """What the user chose; everything here is recorded in the manifest."""
 
     model: str = DEFAULT_MODEL
+    precision: str | None = None  # "fp32" | "int8"; None: each backbone's default (models.registry)
     pca: int | None = None
     whiten: bool = False
     clusters: int | None = None
@@ -76,7 +77,8 @@ class IndexConfig:
     @classmethod
     def from_preset(cls, preset: Preset) -> IndexConfig:
         """A build with a preset's index-time parts; the whole bundle is recorded (`preset`)."""
-        return cls(model=preset.model, pca=preset.pca, whiten=preset.whiten, preset=preset.to_dict())
+        return cls(model=preset.model, precision=preset.precision, pca=preset.pca, whiten=preset.whiten,
+                   preset=preset.to_dict())
 
 
 def choose_spec(n: int, dim: int, config: IndexConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,13 @@ import numpy as np
 
 from . import spec
 from .faiss_ops import read_faiss, set_search_params
+from .filters import Filter
 from .items import Items
 from .layout import EMBEDDINGS, ITEMS, THUMBS, vectors_file
 from .manifest import read_manifest
 from .searcher import VectorIndex, searcher
+
+FILTER_CACHE = 16  # filters whose matching ids a store keeps
 
 
 class Store:
@@ -60,6 +64,8 @@ class Store:
                 set_search_params(self.faiss, m.nprobe, m.ef_search)
                 self.index = searcher(self.faiss, self.embeddings, m.index_spec, m.rerank)
         self.items = Items(self.path / ITEMS)
+        self._filtered: dict[Filter, np.ndarray] = {}
+        self._filter_lock = threading.Lock()
 
     @property
     def ntotal(self) -> int:
@@ -79,6 +85,29 @@ class Store:
     def live_ids(self, since: int = 0, limit: int | None = None) -> np.ndarray:
         """Ids of indexed images (id >= since), ascending; the `limit` most recent if given."""
         return self.items.live_ids(self.generation, since, limit)
+
+    def matching_ids(self, flt: Filter) -> np.ndarray:
+        """Ids of indexed images that `flt` matches, ascending; the last few filters' answers are kept
+        (a store is one generation, so they never go stale) - browsing and repeated searches skip the scan."""
+        with self._filter_lock:
+            cached = self._filtered.pop(flt, None)
+        if cached is None:
+            cached = self.items.matching_ids(self.generation, flt)
+        with self._filter_lock:
+            self._filtered[flt] = cached  # most recent last
+            while len(self._filtered) > FILTER_CACHE:
+                self._filtered.pop(next(iter(self._filtered)))
+        return cached
+
+    def page(self, offset: int, limit: int, flt: Filter | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """(matching images, a page of their rows as dicts), newest first."""
+        if flt is None or flt.empty:
+            total, rows = self.items.page(self.generation, offset, limit)
+            return total, [asdict(r) for r in rows]
+        ids = self.matching_ids(flt)[::-1]
+        chosen = [int(i) for i in ids[offset:offset + limit]]
+        records = self.records(chosen)
+        return len(ids), [records[i] for i in chosen if i in records]
 
     def thumbnail_path(self, item_id: int) -> Path:
         return self.path / THUMBS / f"{int(item_id)}.jpg"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import warnings
@@ -30,6 +31,13 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 # file of another format behind an image name is a mistake worth reporting.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 THUMBNAIL_SIZE = 256
+# A bounded decode (`open_image(draft_size=...)`) keeps at most this many times draft_size²
+# pixels: a square image keeps its short side >= draft_size, a panorama is reduced further.
+KEPT_PIXELS_FACTOR = 16
+BAND_PIXELS = 1 << 20  # converted to RGB per band while reducing, so no full-size RGB copy exists
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
 
 
 class ImageError(ImageFinderError, ValueError):
@@ -71,12 +79,14 @@ class Decoded:
     sha256: str
 
 
-def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
-    """Decode bytes or a file into an upright RGB image.
+def open_image(data: bytes | Path, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Decode bytes or a file into an upright RGB image, once.
 
     Handles EXIF orientation, palette/alpha/CMYK/16-bit modes and animations (first frame).
-    `draft_size` lets JPEG decode at a reduced scale (DCT scaling), several times faster for
-    big photos; the image is never drafted below that size.
+    `draft_size` bounds the memory of the result: JPEG decodes at a reduced scale (DCT scaling),
+    other formats are reduced by an integer factor band by band while converting to RGB, so
+    only the decoder's own buffer is ever full size; the short side never goes below that size
+    (see `reduction`). Images over `max_pixels` are refused from their header, before decoding.
     """
     raw = _read_bytes(data)
     if not raw:
@@ -87,13 +97,16 @@ def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
             width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"too many pixels: {width}x{height} exceeds {MAX_PIXELS}")
+            check_pixels(width, height, max_pixels)
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.seek(0)  # first frame of animations
             img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+            factor = reduction(*img.size, draft_size) if draft_size else 1
+            if factor > 1:
+                rgb = _upright(_reduced_rgb(img, factor), _orientation(img))
+            else:
+                rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -105,9 +118,71 @@ def open_image(data: bytes | Path, draft_size: int | None = None) -> Decoded:
     if min(rgb.size) < 1:
         raise ImageError(f"degenerate image size {rgb.size}")
     # Orientation may swap width/height: record the upright size the user sees.
-    if rgb.size != (width, height) and _swaps_axes(img):
+    if _swaps_axes(img):
         width, height = height, width
     return Decoded(rgb, width, height, digest)
+
+
+def too_many_pixels(limit: int, width: int = 0, height: int = 0) -> str:
+    """The one wording of the pixel limit (the API's 413 quotes it; /stats reports the same limit)."""
+    if width and height:
+        return f"too many pixels: {width}x{height} = {width * height:,} pixels, the limit is {limit:,}"
+    return f"too many pixels: its header declares more than the limit of {limit:,} pixels"
+
+
+def check_pixels(width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise ImageError(too_many_pixels(limit, width, height))
+
+
+def probe_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """Width and height from the header alone (no pixel decoding), (0, 0) if unreadable.
+
+    ImageError (`too_many_pixels`) when over `max_pixels`, also for headers so large that
+    Pillow refuses to open them at all, so every refusal quotes the same limit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as probe:
+                size = probe.size
+    except Image.DecompressionBombError:
+        raise ImageError(too_many_pixels(max_pixels)) from None
+    except Exception:  # noqa: BLE001 - corrupt files get a proper message from open_image
+        return 0, 0
+    check_pixels(*size, max_pixels)
+    return size
+
+
+def reduction(width: int, height: int, size: int) -> int:
+    """The integer factor a bounded decode reduces by: the short side stays >= `size` (what the
+    model and the thumbnail resize from), and at most KEPT_PIXELS_FACTOR x size² pixels are kept."""
+    by_side = max(1, min(width, height) // size)
+    by_pixels = math.ceil(math.sqrt(width * height / (KEPT_PIXELS_FACTOR * size * size)))
+    return max(by_side, by_pixels, 1)
+
+
+def _reduced_rgb(img: Image.Image, factor: int) -> Image.Image:
+    """`img` reduced by `factor` (box filter), as RGB, converted one band of rows at a time."""
+    width, height = img.size
+    out = Image.new("RGB", ((width + factor - 1) // factor, (height + factor - 1) // factor))
+    band = factor * max(1, BAND_PIXELS // (width * factor))
+    peak = _peak(img)
+    for top in range(0, height, band):
+        strip = _to_rgb(img.crop((0, top, width, min(top + band, height))), peak)
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - corrupt EXIF raises anything; it is ignored, as exif_transpose does
+        return 1
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    method = _ORIENTATION.get(orientation)
+    return img.transpose(method) if method is not None else img
 
 
 def _unidentified(raw: bytes) -> str:
@@ -165,19 +240,27 @@ def _read_bytes(data: bytes | Path) -> bytes:
 
 
 def _swaps_axes(img: Image.Image) -> bool:
-    try:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001 - corrupt EXIF raises anything; exif_transpose already ignored it
-        return False
+    return _orientation(img) in (5, 6, 7, 8)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB; transparency is composited on white, as a viewer shows it."""
+def _peak(img: Image.Image) -> float | None:
+    """The brightest value of a 16/32-bit image (its scale to 8 bits), None for other modes."""
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return None
+    extrema = img.getextrema()
+    return float(extrema[1]) if isinstance(extrema[1], (int, float)) else None
+
+
+def _to_rgb(img: Image.Image, peak: float | None = None) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on white, as a viewer shows it.
+
+    `peak`: the brightest value of the whole image, when `img` is one band of a 16-bit image."""
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max() if arr.size else 0
+        if peak is None:
+            peak = arr.max() if arr.size else 0
         scale = 255.0 / (65535.0 if peak > 255 else 255.0)
         img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
     if img.mode == "P" or img.mode == "PA" or "transparency" in img.info:

@@ -15,7 +15,7 @@ import numpy as np
 from ..embed import Embedder
 from ..errors import ImageFinderError
 from ..index import Record
-from .decode import THUMBNAIL_SIZE, ImageError, open_image, thumbnail_jpeg
+from .decode import THUMBNAIL_SIZE, Decoded, ImageError, open_image, thumbnail_jpeg
 from .download import Downloader
 from .sources import Item
 
@@ -40,13 +40,21 @@ def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Download
     try:
         path = fetch_item(item, downloader)
         record.cached_path = str(path)
-        draft = max(embedder.draft_size, THUMBNAIL_SIZE)
-        decoded = open_image(path, draft_size=draft)
-        record.width, record.height, record.sha256 = decoded.width, decoded.height, decoded.sha256
-        return Loaded(record, embedder.prepare(decoded.image), thumbnail_jpeg(decoded.image))
+        return load_decoded(record, open_image(path, draft_size=decode_size(embedder)), embedder)
     except (ImageError, FetchFailed) as exc:
         record.status, record.error = "failed", str(exc)
         return Loaded(record)
+
+
+def decode_size(embedder: Embedder) -> int:
+    """The smallest side a decode may reduce an image to: what the model and the thumbnail resize from."""
+    return max(embedder.draft_size, THUMBNAIL_SIZE)
+
+
+def load_decoded(record: Record, decoded: Decoded, embedder: Embedder) -> Loaded:
+    """An image already decoded (by `load_item`, or by the API when it checked an upload) -> model inputs."""
+    record.width, record.height, record.sha256 = decoded.width, decoded.height, decoded.sha256
+    return Loaded(record, embedder.prepare(decoded.image), thumbnail_jpeg(decoded.image))
 
 
 def fetch_item(item: Item, downloader: Downloader | None) -> Path:

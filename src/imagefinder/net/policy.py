@@ -123,7 +123,9 @@ def vet(url: str, policy: AddressPolicy, *, pin: bool = True, credentials: bool 
     for address in addresses:
         reason = policy.refusal(address)
         if reason is not None:
-            raise UnsafeURL(f"refused to fetch from '{host}': it resolves to {address}, {reason}; "
+            # the sentence goes back to whoever sent the URL (an API caller): never what a name
+            # resolves to on this side (an internal DNS oracle); the crawl's reason keeps it for the log
+            raise UnsafeURL(f"refused to fetch from '{host}': address not allowed ({reason}); "
                             f"only public hosts can be fetched ({policy.hint})",
                             f"refused: private address: '{host}' resolves to {address}, {reason} "
                             "(allow_private is off)")

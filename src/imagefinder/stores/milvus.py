@@ -164,7 +164,9 @@ class MilvusVectors:
             with _clients_lock:
                 _loaded.add(key)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`allowed`: rank only these ids (a metadata filter), as a Milvus filter expression."""
         self._load()
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         limit = min(int(k), MAX_TOPK)
@@ -177,9 +179,16 @@ class MilvusVectors:
         found = self.client.search(
             self.collection, data=queries.tolist(), limit=limit, output_fields=[],
             search_params={"metric_type": "IP", "params": self.info.get("search_params", {})},
-            filter=f"id < {int(self.rows)}" if self.rows is not None else "", consistency_level=self._consistency(),
+            filter=self._filter(allowed), consistency_level=self._consistency(),
         )
         for row, hits in enumerate(found):
             for col, hit in enumerate(hits):
                 ids[row, col], scores[row, col] = int(hit["id"]), float(hit["distance"])
         return scores, ids
+
+    def _filter(self, allowed: np.ndarray | None) -> str:
+        """Ids this generation may return: below its row count (later rows are uncommitted), and `allowed`."""
+        parts = [f"id < {int(self.rows)}"] if self.rows is not None else []
+        if allowed is not None:
+            parts.append(f"id in [{','.join(str(int(i)) for i in allowed)}]")
+        return " and ".join(parts)

@@ -11,6 +11,11 @@ API is down, the forwarder answers 502 with a sentence the page shows as it is.
 `proxy=False` makes the page call the API URL directly instead (the API then needs CORS for
 this page's origin: IMAGEFINDER_CORS_ORIGINS).
 
+Changes to the index (POST /images, DELETE) pass the page's own cross-site check first (a page
+of another origin is refused with 403: see imagefinder.access), then go to the API with the
+browser's `Authorization` header and `X-Forwarded-For` / `X-Forwarded-Host`, so the API applies
+its token / this-machine-only rule to the browser, not to this forwarder.
+
 Everything the page needs (HTML, CSS, JS, icons) is served from this package: no CDN, no build step.
 """
 
@@ -25,14 +30,16 @@ import httpx
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from ..access import AccessDenied, WriteRequest, cross_site
 from .settings import DEFAULT_API_URL, WebSettings
 
 __all__ = ["DEFAULT_API_URL", "create_app", "main"]
 
 log = logging.getLogger(__name__)
 
-_FORWARDED_PATH = re.compile(r"^(search|stats|health|images(/\d{1,16}(/thumbnail|/info)?)?)$")
-_RESPONSE_HEADERS = ("content-type", "cache-control", "etag", "last-modified")
+_FORWARDED_PATH = re.compile(r"^(search(/batch)?|stats|health|images(/\d{1,16}(/thumbnail|/info)?)?)$")
+_READS = ("search", "search/batch")  # POSTs that change nothing
+_RESPONSE_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "www-authenticate")
 
 
 def create_app(api_url: str | None = None, *, proxy: bool = True, timeout: float = 60.0,
@@ -66,6 +73,11 @@ def create_app(api_url: str | None = None, *, proxy: bool = True, timeout: float
         if not _FORWARDED_PATH.match(sub):
             return _error(404, f"no such API endpoint: /{sub}")
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+        if request.method != "GET" and sub not in _READS:
+            try:
+                headers.update(_write_headers())
+            except AccessDenied as exc:
+                return _error(exc.status, str(exc))
         body = request.get_data(cache=False) if request.method == "POST" else None
         try:
             upstream = client.request(request.method, f"/{sub}", params=request.args.to_dict(flat=False),
@@ -92,6 +104,21 @@ def create_app(api_url: str | None = None, *, proxy: bool = True, timeout: float
         return exc  # type: ignore[return-value]
 
     return app
+
+
+def _write_headers() -> dict[str, str]:
+    """What a write forwards about the browser, after refusing it if it comes from a foreign page."""
+    seen = WriteRequest(client=request.remote_addr, scheme=request.scheme,
+                        headers={k.lower(): v for k, v in request.headers.items()})
+    foreign = cross_site(seen)
+    if foreign:
+        raise AccessDenied(403, f"cross-site request refused: {foreign}; changes to the index are accepted only "
+                                "from this page itself")
+    out = {"X-Forwarded-For": ", ".join(a for a in (request.headers.get("X-Forwarded-For"), request.remote_addr) if a),
+           "X-Forwarded-Host": request.host}
+    if request.headers.get("Authorization"):
+        out["Authorization"] = request.headers["Authorization"]
+    return out
 
 
 def _error(status: int, detail: str) -> Response:

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...ingest.decode import sniff_image_type
-from ..errors import ERRORS
+from ..errors import ERRORS, WRITE_ERRORS
 from ..params import ADD_FORM, ImageId, json_body, media_type, openapi_body
 from ..schemas import AddedImage, AddRequest, AddResponse, DeleteResponse, ImageInfo
 from ..service import ServiceDep
@@ -19,7 +19,9 @@ router = APIRouter(tags=["images"])
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
                "bmp": "image/bmp", "tiff": "image/tiff"}
-CACHED = {"Cache-Control": "public, max-age=3600"}
+# nosniff: a browser takes the Content-Type (from the decoded format) as it is, so a file that is
+# also HTML (a GIF+HTML polyglot) is never rendered as a page of this origin
+CACHED = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
 
 @router.get("/images/{image_id}", name="image", responses={**ERRORS, 200: {
@@ -54,7 +56,7 @@ def image_info(request: Request, image_id: ImageId, service: ServiceDep) -> Imag
 
 
 @router.post("/images", response_model=AddResponse, status_code=201, responses={
-    **ERRORS, 200: {"model": AddResponse, "description": "every image was already indexed"}},
+    **WRITE_ERRORS, 200: {"model": AddResponse, "description": "every image was already indexed"}},
     summary="Add images to the index (upload or URL)",
     openapi_extra=openapi_body(AddRequest, ADD_FORM, "uploaded image(s) (multipart), or JSON with `url`"))
 async def add_images(request: Request, service: ServiceDep) -> Response:
@@ -64,7 +66,8 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
     that is already indexed returns its existing id with `created: false` (status 200).
     """
     settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
+                                 timeout=settings.body_timeout)
     kind = media_type(request)
     images: list[tuple[CheckedImage, dict[str, str]]] = []
     if kind == "multipart/form-data":
@@ -75,11 +78,11 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
         for upload in uploads:
             data = await upload.read()
             name = client_filename(upload.filename) or ""
-            image = await run_in_threadpool(service.check, data, f"the file '{name}'" if name else "the file")
+            image = await service.cpu(service.check, data, f"the file '{name}'" if name else "the file")
             images.append((image, {"filename": name} if name else {}))
     elif kind == "application/json":
         req = json_body(body, AddRequest)
-        images.append((await run_in_threadpool(service.fetch, req.url), {"origin": req.url}))
+        images.append((await service.fetch(req.url), {"origin": req.url}))
     else:
         raise HTTPException(415, "send multipart/form-data with a 'file' field (an image), or application/json "
                                  "with 'url'")
@@ -90,7 +93,7 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
     return JSONResponse(payload.model_dump(mode="json"), status_code=status)
 
 
-@router.delete("/images/{image_id}", response_model=DeleteResponse, responses=ERRORS,
+@router.delete("/images/{image_id}", response_model=DeleteResponse, responses=WRITE_ERRORS,
                summary="Remove an image from the index")
 def delete_image(image_id: ImageId, service: ServiceDep) -> DeleteResponse:
     if not service.writer.remove(image_id):

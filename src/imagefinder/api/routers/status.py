@@ -20,7 +20,8 @@ def stats(service: ServiceDep) -> Stats:
                  removed=m.counts.removed, model=m.model, index_type=m.index_spec, dims=m.embedding_dim,
                  clusters=m.clusters, nprobe=m.nprobe, generation=m.generation, created_at=m.created_at,
                  updated_at=m.updated_at, metrics=list(METRICS),
-                 max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels, max_k=MAX_K)
+                 max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.pixel_limit, max_k=MAX_K,
+                 writes="read-only" if settings.read_only else "token" if settings.token else "this-machine")
 
 
 @router.get("/health", response_model=Health, summary="Liveness and readiness")
