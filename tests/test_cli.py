@@ -89,7 +89,7 @@ def test_search_table_output(cli_index, photos: Path, cli) -> None:
     proc = cli("search", out, photos / "ukbench00100.jpg", "-k", "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split() == ["rank", "score", "id", "source"]
+    assert lines[0].split() == ["rank", "score", "match", "id", "source"]
     assert len(lines) == 3
     assert lines[1].split()[0] == "1" and lines[1].endswith("ukbench00100.jpg")
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .ingest.decode import to_array
+from .ingest.decode import Preprocess, to_array
 from .models import ModelUnavailable, OnnxModel, get_backbone
 from .models.registry import parse_members
 from .pooling import MemberSpec, Pooling, power_normalize
@@ -69,8 +69,9 @@ class Embedder:
     """Loads the backbones of a model spec once; thread-safe to call (onnxruntime is)."""
 
     def __init__(self, model: str, threads: int | None = None, poolings: Sequence[Pooling] | None = None,
-                 precision: str | None = None) -> None:
-        """`poolings` (one per member) override what the spec resolves to: see `for_manifest`.
+                 precision: str | None = None, preprocesses: Sequence[Preprocess | None] | None = None) -> None:
+        """`poolings` and `preprocesses` (one per member) override what the spec resolves to: see
+        `for_manifest`; a None preprocess is the backbone's native (square) input.
 
         `precision`: "fp32" or "int8" for every member, or one per member joined by '+' as in
         the manifest ("int8+fp32"); None: each backbone's default precision.
@@ -83,19 +84,30 @@ class Embedder:
             poolings = [spec.resolved(m.backbone.default_pooling) for spec, m in zip(specs, self.members)]
         elif len(poolings) != len(specs):
             raise ValueError(f"{model}: {len(specs)} members but {len(poolings)} poolings")
-        self.specs = [MemberSpec(spec.name, pooling, spec.weight, True) for spec, pooling in zip(specs, poolings)]
+        if preprocesses is None:
+            preprocesses = [m.backbone.input(spec.input) for spec, m in zip(specs, self.members)]
+        elif len(preprocesses) != len(specs):
+            raise ValueError(f"{model}: {len(specs)} members but {len(preprocesses)} preprocesses")
+        self.preprocesses = [pre or m.backbone.preprocess for pre, m in zip(preprocesses, self.members)]
+        self.specs = [MemberSpec(spec.name, pooling, spec.weight, True, spec.input)
+                      for spec, pooling in zip(specs, poolings)]
 
     @classmethod
     def for_manifest(cls, manifest: RecordedModel, threads: int | None = None) -> Embedder:
-        """The embedder an index was built with: its model spec, and the pooling and precision recorded.
+        """The embedder an index was built with: its model spec, and the pooling, precision and
+        preprocessing recorded.
 
-        Every member of a manifest records its pooling, and every manifest its precision (older
-        manifests get average pooling and fp32 by migration, see index/manifest.py), so a
-        changed default never changes how an existing index is queried or extended: queries of
-        an int8 index go through the same int8 graph as its images did.
+        Every member of a manifest records its pooling and its preprocessing (size, square squash
+        or long side), and every manifest its precision (older manifests get average pooling and
+        fp32 by migration, see index/manifest.py), so a changed default never changes how an
+        existing index is queried or extended: queries of an int8 index go through the same int8
+        graph as its images did. A member recorded without preprocessing was embedded at the
+        backbone's native square input.
         """
         poolings = [Pooling.from_dict(m["pooling"]) for m in manifest.members]
-        return cls(manifest.model, threads, poolings or None, manifest.precision)
+        preprocesses = [Preprocess.from_dict(m["preprocess"]) if m.get("preprocess") else None
+                        for m in manifest.members]
+        return cls(manifest.model, threads, poolings or None, manifest.precision, preprocesses or None)
 
     @property
     def precision(self) -> str:
@@ -118,16 +130,20 @@ class Embedder:
 
     def info(self) -> list[MemberInfo]:
         return [
-            MemberInfo(m.backbone.name, m.backbone.dim, m.weights_sha256, m.backbone.preprocess.to_dict(),
-                       spec.pooling.to_dict(), spec.weight)
-            for m, spec in zip(self.members, self.specs)
+            MemberInfo(m.backbone.name, m.backbone.dim, m.weights_sha256, pre.to_dict(), spec.pooling.to_dict(),
+                       spec.weight)
+            for m, spec, pre in zip(self.members, self.specs, self.preprocesses)
         ]
+
+    @property
+    def draft_size(self) -> int:
+        """The smallest size a JPEG may be decoded at (DCT scaling) without losing input pixels."""
+        return max(pre.size for pre in self.preprocesses)
 
     def prepare(self, image: Image.Image) -> list[list[np.ndarray]]:
         """CPU-side preprocessing of one image for every member and scale (runs in decode threads)."""
         out = []
-        for m, spec in zip(self.members, self.specs):
-            pre = m.backbone.preprocess
+        for pre, spec in zip(self.preprocesses, self.specs):
             out.append([to_array(image, pre if s == 1 else replace(pre, size=max(32, round(pre.size * s))))
                         for s in spec.pooling.scales])
         return out
@@ -139,7 +155,7 @@ class Embedder:
         parts = []
         for i, (member, spec) in enumerate(zip(self.members, self.specs)):
             pooling = spec.pooling
-            per_scale = [member(np.stack([item[i][j] for item in batch]), pooling)
+            per_scale = [_by_shape(member, [item[i][j] for item in batch], pooling)
                          for j in range(len(pooling.scales))]
             # Multi-scale: each scale's descriptor counts the same, whatever its activation level.
             features = per_scale[0] if len(per_scale) == 1 else np.mean([l2_normalize(f) for f in per_scale], axis=0)
@@ -151,3 +167,25 @@ class Embedder:
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.embed_prepared([self.prepare(img) for img in images])
+
+
+def _by_shape(member: OnnxModel, arrays: list[np.ndarray], pooling: Pooling) -> np.ndarray:
+    """Run `member` on inputs of mixed shapes (aspect ratio kept): one model call per distinct shape.
+
+    Sizes are rounded to the backbone's stride (`Preprocess.multiple`), so a batch of photos
+    holds few shapes (4:3, 3:4, 3:2, ...); each bucket is computed exactly, with no padding to
+    leak into the pooled descriptor. Rows come back in input order.
+    """
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for pos, arr in enumerate(arrays):
+        shapes.setdefault(arr.shape, []).append(pos)
+    if len(shapes) == 1:
+        return member(np.stack(arrays), pooling)
+    out: np.ndarray | None = None
+    for rows in shapes.values():
+        pooled = member(np.stack([arrays[r] for r in rows]), pooling)
+        if out is None:
+            out = np.zeros((len(arrays), pooled.shape[1]), np.float32)
+        out[rows] = pooled
+    assert out is not None
+    return out

@@ -122,8 +122,11 @@ def evaluate(data_dir: Path | str, config: IndexConfig | None = None, *, metric:
         db = [p for p, r in zip(paths, roles) if r == "db"]
         start = time.perf_counter()
         report = build_index(db, index_dir, config, progress=progress)
-        seconds = time.perf_counter() - start
         finder = ImageFinder(index_dir)
+        if config is not None and (config.preset or {}).get("local_features") and report.indexed:
+            # As `imagefinder index --preset` does: verification's database side computed at index time.
+            finder.reranker().precompute(finder.store, progress=progress)
+        seconds = time.perf_counter() - start
         try:
             if truth.roles is None:
                 metrics, query_files = _score_in_index(finder, dict(zip(paths, truth.groups)), options)

@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .confidence import Match, match_labels, threshold_for
 from .embed import Embedder
 from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .index.filters import Filter
 from .ingest.decode import ImageError, open_image
 from .ingest.sources import is_url
+from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset
+from .region import Box, crop_box, parse_box
 from .search import Hit, SearchSpace, search
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ class Result:
     width: int | None = None
     height: int | None = None
     meta: dict | None = None
+    # "strong": the same object or scene with high confidence; "weak": only the nearest there is
+    # (see confidence.py); None: no calibrated threshold for this index's model.
+    match: Match | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,35 +165,60 @@ class ImageFinder:
             raise ImageError(f"{query}: no such image file")
         return path
 
-    def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
-               rerank: int = 0, rerank_budget: float | None = 2.0, where: Filter | None = None) -> list[Result]:
+    @property
+    def preset(self) -> Preset | None:
+        """The preset this index was built with (None: built with explicit options)."""
+        return recorded_preset(self.manifest.config.preset)
+
+    def query_options(self, preset: str | None = None, **given: Any) -> dict[str, Any]:
+        """qe, qe_alpha, rerank, rerank_budget: those `given`, else the named preset's, else the
+        preset the index was built with, else off. Not given: None, or FROM_PRESET for
+        rerank_budget (whose None means no budget)."""
+        bundle = get_preset(preset) if preset else self.preset
+        base = bundle.query_options() if bundle else {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0}
+        def is_given(key: str) -> bool:
+            value = given.get(key)
+            return value != FROM_PRESET if key == "rerank_budget" and key in given else value is not None
+
+        return {k: given[k] if is_given(k) else v for k, v in base.items()}
+
+    def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
+               qe_alpha: float | None = None, rerank: int | None = None,
+               rerank_budget: float | None | FromPreset = FROM_PRESET, box: Box | str | None = None,
+               preset: str | None = None, where: Filter | None = None) -> list[Result]:
         """Top-k images for a query image.
 
         qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
         rerank: spatially verify the top `rerank` results with local features (see `rerank`),
-        spending at most `rerank_budget` seconds on it.
+        spending at most `rerank_budget` seconds on it. Options left None come from `preset`
+        (query-time parts), else from the preset the index was built with, else are off.
+        box: search with this region of the query only, (x0, y0, x1, y1) in its pixels.
         where: only images this metadata filter matches (`Filter.parse(["year>=2000"])`).
         """
-        image = self._image(query) if rerank else None
-        vector = self.embedder.embed_images([image])[0] if image is not None else self.embed(query)
-        local = self.reranker().query_features(image) if image is not None else None
-        return self.search_vectors(vector[None], k, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
-                                   rerank_budget=rerank_budget, local_queries=[local] if rerank else None,
-                                   where=where)[0]
+        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
+        image = self._image(query)
+        if box is not None:
+            image = crop_box(image, parse_box(box))
+        vector = self.embedder.embed_images([image])[0]
+        local = self.reranker().query_features(image) if opts["rerank"] else None
+        return self.search_vectors(vector[None], k, metric, local_queries=[local] if local is not None else None,
+                                   where=where, **opts)[0]
 
-    def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int = 0, qe_alpha: float = 3.0,
-                  rerank: int = 0, rerank_budget: float | None = 2.0, where: Filter | None = None) -> list[Result]:
+    def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
+                  qe_alpha: float | None = None, rerank: int | None = None,
+                  rerank_budget: float | None | FromPreset = FROM_PRESET, preset: str | None = None,
+                  where: Filter | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
+        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
         store = self.store
         record = store.records([item_id]).get(item_id, {})
         if record.get("status") != "ok":
             raise KeyError(f"no indexed image with id {item_id}")
         local = None
-        if rerank:
+        if opts["rerank"]:
             local = [self.reranker().cache.get(item_id, record, store.thumbnail_path(item_id))]
-        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric, qe=qe,
-                                   qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
-                                   local_queries=local, where=where)[0]
+        return self.search_vectors(np.asarray(store.embeddings[item_id], np.float32)[None], k, metric,
+                                   local_queries=local, where=where, **opts)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine", *, qe: int = 0,
                        qe_alpha: float = 3.0, rerank: int = 0, rerank_budget: float | None = 2.0,
@@ -206,7 +237,8 @@ class ImageFinder:
             reranker = self.reranker()
             hits = [h if lf is None else reranker.rerank(lf, h, store, top=rerank, budget_s=rerank_budget)
                     for h, lf in zip(hits, local_queries)]
-        return [self._results(store, h[:k]) for h in hits]
+        threshold = threshold_for(store.manifest.members)
+        return [self._results(store, h[:k], q, threshold) for h, q in zip(hits, queries)]
 
     def _image(self, query: Query) -> Image.Image:
         if isinstance(query, Image.Image):
@@ -218,13 +250,16 @@ class ImageFinder:
                 raise
             raise ImageError(f"{query}: {exc}") from exc
 
-    def _results(self, store: Store, hits: list[Hit]) -> list[Result]:
+    def _results(self, store: Store, hits: list[Hit], query: np.ndarray, threshold: float | None) -> list[Result]:
         rows = store.records([h.id for h in hits])
+        ids = [h.id for h in hits]
+        stored = np.asarray(store.embeddings[ids], np.float32) if ids else np.zeros((0, len(query)), np.float32)
+        matches = match_labels(np.asarray(query, np.float32), stored, threshold)
         out = []
-        for rank, hit in enumerate(hits, 1):
+        for rank, (hit, match) in enumerate(zip(hits, matches), 1):
             row = rows.get(hit.id, {})
             out.append(Result(rank, hit.id, row.get("source", ""), hit.score, row.get("cluster"),
-                              row.get("width"), row.get("height"), row.get("meta") or None))
+                              row.get("width"), row.get("height"), row.get("meta") or None, match))
         return out
 
     def info(self, failures: int | None = 20) -> dict:

@@ -11,7 +11,10 @@ vector, so that the pooling is a recorded option applied in numpy, not baked int
 - ``ms`` / ``msA_B_C``: multi-scale: the image is fed at several sizes (default 1, 1/sqrt2, 1/2
   of the model's input size), each pooled vector is L2-normalised and their mean is taken;
 - ``powA``: signed power normalisation x -> sign(x)|x|^A after pooling (A=0.5: square root),
-  which damps bursty dimensions.
+  which damps bursty dimensions;
+- ``longN`` / ``squareN`` (input, not pooling): the image resized keeping its aspect ratio to a
+  long side of N px, or squashed to N x N. Without one a backbone uses its default input
+  (`Backbone.default_input`); the resolved input is recorded in the manifest as `preprocess`.
 
 Without a pooling method in the spec a backbone uses its own default (efficientnet-lite0:
 GeM p=2, measured best in benchmarks/quality.py; `@avg` asks for average pooling). The spec
@@ -24,6 +27,7 @@ changed (no recorded pooling = average pooling, the only one there was):
     efficientnet-lite0@avg                  plain average pooling
     efficientnet-lite0@gem3,ms              GeM p=3, scales 1, 0.707, 0.5
     efficientnet-lite0@gem3:1+dinov2-s:0.5  an ensemble with per-member weights
+    efficientnet-lite2@gem2,long512         aspect ratio kept, long side 512 px
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class MemberSpec:
     pooling: Pooling = field(default_factory=Pooling)
     weight: float = 1.0
     method_given: bool = False  # False: the backbone's own default pooling method applies
+    input: tuple[str, int] | None = None  # ("long" | "square", N); None: the backbone's default input
 
     def resolved(self, default: Pooling) -> Pooling:
         """The pooling to use: the spec's, with the backbone's default method unless one was given."""
@@ -118,6 +123,7 @@ def parse_member(text: str) -> MemberSpec:
         raise SpecError("empty model name")
     method, p, power, given = "avg", 3.0, None, False
     scales: tuple[float, ...] = (1.0,)
+    input_: tuple[str, int] | None = None
     for opt in filter(None, (o.strip().lower() for o in opts.split(","))):
         try:
             if opt in ("avg", "mean", "gap"):
@@ -133,6 +139,12 @@ def parse_member(text: str) -> MemberSpec:
                 scales = DEFAULT_SCALES if not rest else tuple(float(s) for s in rest.split("_"))
                 if not scales or any(not 0.1 <= s <= 4 for s in scales):
                     raise ValueError("scales must lie in 0.1..4")
+            elif opt.startswith(("long", "square")):
+                kind = "long" if opt.startswith("long") else "square"
+                size = int(opt[len(kind):].lstrip(":="))
+                if not 32 <= size <= 2048:
+                    raise ValueError("the input size must lie in 32..2048 px")
+                input_ = (kind, size)
             elif opt.startswith("pow"):
                 power = float(opt[3:].lstrip(":="))
                 if not 0 < power <= 1:
@@ -141,8 +153,9 @@ def parse_member(text: str) -> MemberSpec:
                 raise ValueError("unknown option")
         except ValueError as exc:
             raise SpecError(f"{name}@{opts}: bad pooling option {opt!r} ({exc}); options are avg, max, "
-                            "gem or gemP (e.g. gem3), ms or msA_B (scales, e.g. ms1_0.707), powA (e.g. pow0.5)") from None
-    return MemberSpec(name, Pooling(method, p, scales, power), weight, given)
+                            "gem or gemP (e.g. gem3), ms or msA_B (scales, e.g. ms1_0.707), powA (e.g. pow0.5), "
+                            "longN or squareN (input size, e.g. long512)") from None
+    return MemberSpec(name, Pooling(method, p, scales, power), weight, given, input_)
 
 
 def parse_spec(spec: str) -> list[MemberSpec]:

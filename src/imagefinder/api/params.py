@@ -15,6 +15,7 @@ from fastapi import HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ValidationError
 
+from ..presets import PRESETS
 from ..search import METRICS
 from .errors import validation_message
 from .schemas import MAX_BATCH, MAX_ID, MAX_K, PREFIX_DOC, WHERE_DOC, Metric
@@ -70,6 +71,29 @@ def parse_metric(value: Any) -> str:
     return str(value)
 
 
+def parse_box(value: Any) -> list[float] | None:
+    """A form field 'x0,y0,x1,y1' (or a JSON list) -> four numbers; 422 saying what is wrong."""
+    if value is None or value == "":
+        return None
+    from ..region import BoxError
+    from ..region import parse_box as parse
+
+    try:
+        return list(parse(value))
+    except BoxError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def parse_preset(value: Any) -> str | None:
+    from ..presets import PRESETS
+
+    if value is None or value == "":
+        return None
+    if value not in PRESETS:
+        raise HTTPException(422, f"preset must be one of {', '.join(PRESETS)}, got {value!r}")
+    return str(value)
+
+
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -114,6 +138,8 @@ SEARCH_FORM: dict[str, Any] = {
         "metric": {"type": "string", "enum": list(METRICS)},
         "where": {"type": "array", "items": {"type": "string"}, "description": WHERE_DOC},
         "source_prefix": {"type": "string", "description": PREFIX_DOC},
+        "box": {"type": "string", "description": "x0,y0,x1,y1: search with this region of the image (pixels)"},
+        "preset": {"type": "string", "enum": list(PRESETS)},
     },
 }
 BATCH_FORM = {

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..confidence import Match
+from ..presets import PresetName
 from ..search import METRICS
 
 # The engine's own list, so a metric added there is accepted and documented here too.
@@ -36,11 +38,18 @@ class SearchRequest(BaseModel):
     metric: Metric | None = Field(None, description=f"one of {', '.join(METRICS)} (default cosine)")
     where: list[str] | None = Field(None, max_length=20, description=WHERE_DOC)
     source_prefix: str | None = Field(None, max_length=MAX_URL, description=PREFIX_DOC)
+    box: list[float] | None = Field(None, min_length=4, max_length=4,
+                                    description="search with this region of the query image only: [x0, y0, x1, y1] "
+                                                "in its pixels (left, top, right, bottom); not with 'id'")
+    preset: PresetName | None = Field(None, description="query-time parts of a preset (query expansion, verification); "
+                                                    "default: the preset the index was built with")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
         if (self.url is None) == (self.id is None):
             raise ValueError("give exactly one of 'url' (an image URL) or 'id' (an indexed image)")
+        if self.box is not None and self.id is not None:
+            raise ValueError("'box' selects a region of a query image: use it with 'url' or an upload, not 'id'")
         return self
 
 
@@ -94,6 +103,9 @@ class SearchResult(BaseModel):
     height: int | None = None
     cluster: int | None = None
     meta: dict[str, Any] = Field(default_factory=dict, description="extra columns recorded with the image")
+    match: Match | None = Field(
+        None, description="strong: the same object or scene (calibrated threshold on the model's cosine); weak: only "
+                          "the nearest there is - all weak means no close match; null: no calibration for this model")
 
 
 class QueryInfo(BaseModel):

@@ -22,6 +22,7 @@ from ..index import ServeLock
 from ..index.filters import Filter, FilterError
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
+from ..region import BoxError, crop_box, parse_box
 from .fetching import FetchPool
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
@@ -84,18 +85,27 @@ class Service:
         return None if flt.empty else flt
 
     def search_upload(self, data: bytes, k: int, metric: str, where: Filter | None = None,
-                      what: str = "the file") -> tuple[CheckedImage, list[Result]]:
+                      what: str = "the file", box: list[float] | None = None,
+                      preset: str | None = None) -> tuple[CheckedImage, list[Result]]:
         image = self.check(data, what)
-        return image, self.search_image(image, k, metric, where)
+        return image, self.search_image(image, k, metric, where, box, preset)
 
-    def search_image(self, image: CheckedImage, k: int, metric: str, where: Filter | None = None) -> list[Result]:
+    def search_image(self, image: CheckedImage, k: int, metric: str, where: Filter | None = None,
+                     box: list[float] | None = None, preset: str | None = None) -> list[Result]:
         self.refresh()
-        return self.finder.search(image.decoded.image, k=k, metric=metric, where=where)
+        query = image.decoded.image
+        if box is not None:  # the box is in the image's own pixels; it may have been decoded smaller (draft)
+            try:
+                query = crop_box(query, parse_box(box), (image.decoded.width, image.decoded.height))
+            except BoxError as exc:
+                raise HTTPException(422, str(exc)) from None
+        return self.finder.search(query, k=k, metric=metric, where=where, preset=preset)
 
-    def search_id(self, image_id: int, k: int, metric: str, where: Filter | None = None) -> list[Result]:
+    def search_id(self, image_id: int, k: int, metric: str, where: Filter | None = None,
+                  preset: str | None = None) -> list[Result]:
         self.refresh()
         try:
-            return self.finder.search_id(image_id, k=k, metric=metric, where=where)
+            return self.finder.search_id(image_id, k=k, metric=metric, where=where, preset=preset)
         except KeyError:
             raise HTTPException(404, f"no indexed image with id {image_id}") from None
 
@@ -125,7 +135,7 @@ class Service:
 
     def result(self, request: Request, r: Result) -> SearchResult:
         return SearchResult(rank=r.rank, id=r.id, score=r.score, source=self.writer.public_source(r.source),
-                            width=r.width, height=r.height, cluster=r.cluster, meta=r.meta or {},
+                            width=r.width, height=r.height, cluster=r.cluster, meta=r.meta or {}, match=r.match,
                             **_urls(request, r.id, self.settings.public_url))
 
     def image_info(self, request: Request, row: dict) -> ImageInfo:

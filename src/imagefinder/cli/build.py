@@ -48,7 +48,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     config.target_recall, config.rerank, config.store = args.target_recall, args.refine, args.store
     report = build_index(args.sources, args.out, config, batch_size=args.batch_size, workers=args.workers,
                          progress=progress(args), download=download_config(args), runner=runner(args))
-    if args.local_features and report.indexed:
+    if (args.local_features or (config.preset or {}).get("local_features")) and report.indexed:
         from ..finder import ImageFinder
 
         finder = ImageFinder(report.path)

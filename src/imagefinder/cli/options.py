@@ -57,14 +57,26 @@ def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (HTTP requests too)")
 
 
+def preset_option(p: argparse.ArgumentParser, what: str) -> None:
+    from ..presets import DEFAULT_PRESET, PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                   help=f"a named bundle of choices ({what}); one of: "
+                        + "; ".join(f"{n}: {x.summary}" for n, x in PRESETS.items())
+                        + f". Default: {DEFAULT_PRESET} (see README 'Retrieval quality')")
+
+
 def model_options(p: argparse.ArgumentParser) -> None:
     from ..models import BACKBONES, DEFAULT_MODEL, PRECISIONS
 
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
+    preset_option(p, "backbone, input size, pooling, PCA, query expansion, verification depth; recorded in the "
+                     "manifest. Not combinable with --model/--pca/--whiten/--index")
+    p.add_argument("--model", metavar="M",
                    help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}. "
-                        "Pooling options after '@', ensemble weights after ':', e.g. efficientnet-lite0@gem3,ms or "
-                        "efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, gem/gemP, ms/msA_B, powA; recorded in "
-                        "the manifest and used for every query)")
+                        "Pooling and input options after '@', ensemble weights after ':', e.g. "
+                        "efficientnet-lite2@gem2,long512 or efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, "
+                        "gem/gemP, ms/msA_B, powA; longN = aspect ratio kept, long side N px; squareN = squashed "
+                        "to N x N; recorded in the manifest and used for every query)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fp32, or int8: statically quantised graphs, calibrated on the built-in sample photos "
                         "(faster on CPUs with int8 dot products; cached like the fp32 export). Default: per "
@@ -80,12 +92,26 @@ def model_options(p: argparse.ArgumentParser) -> None:
 
 
 def index_config(args: argparse.Namespace) -> IndexConfig:
-    from ..index import IndexConfig
+    """The build's choices: a preset's (the named one, or the default when no model option is given)
+    or the explicit --model/--pca/--whiten/--index."""
+    from dataclasses import replace
 
+    from ..index import IndexConfig
+    from ..models import DEFAULT_MODEL
+    from ..presets import DEFAULT_PRESET, get_preset
+
+    explicit = [o for o, v in (("--model", args.model), ("--pca", args.pca), ("--whiten", args.whiten),
+                               ("--index", args.spec)) if v]
+    if args.preset and explicit:
+        raise UsageError(f"--preset {args.preset} chooses the model and PCA itself: drop {' '.join(explicit)}, "
+                         "or drop --preset and give the options")
+    if not explicit:
+        config = IndexConfig.from_preset(get_preset(args.preset or DEFAULT_PRESET))
+        return replace(config, clusters=args.clusters, nprobe=args.nprobe, precision=args.precision or config.precision)
     if args.whiten and not args.pca and not args.spec:
         raise UsageError("--whiten needs --pca D (whitening is part of the PCA)")
-    return IndexConfig(model=args.model, precision=args.precision, pca=args.pca, whiten=args.whiten, clusters=args.clusters,
-                       spec=args.spec, nprobe=args.nprobe)
+    return IndexConfig(model=args.model or DEFAULT_MODEL, precision=args.precision, pca=args.pca, whiten=args.whiten,
+                       clusters=args.clusters, spec=args.spec, nprobe=args.nprobe)
 
 
 def download_options(p: argparse.ArgumentParser) -> None:
@@ -138,14 +164,17 @@ def runner(args: argparse.Namespace) -> RayRunner | None:
 
 
 def query_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--qe", type=int, default=0, metavar="N",
-                   help="query expansion: re-search with the query averaged with its top N results (default 0: off)")
-    p.add_argument("--qe-alpha", type=float, default=3.0, metavar="A",
+    """Query-time options; None (not given) = the preset's value (see `presets`), else off."""
+    p.add_argument("--qe", type=int, metavar="N",
+                   help="query expansion: re-search with the query averaged with its top N results (default: the "
+                        "preset's; 0: off)")
+    p.add_argument("--qe-alpha", type=float, metavar="A",
                    help="alpha-QE weight exponent: results weigh similarity^A (0: plain average; default 3)")
-    p.add_argument("--rerank", type=int, default=0, metavar="N",
-                   help="spatially verify the top N results with local features + RANSAC (default 0: off)")
-    p.add_argument("--rerank-budget", type=float, default=2.0, metavar="S",
-                   help="seconds of re-ranking per query at most (default 2)")
+    p.add_argument("--rerank", type=int, metavar="N",
+                   help="spatially verify the top N results with local features + RANSAC (default: the preset's; "
+                        "0: off)")
+    p.add_argument("--rerank-budget", type=float, metavar="S",
+                   help="seconds of re-ranking per query at most (default: the preset's, else 2)")
 
 
 def metric_option(p: argparse.ArgumentParser, help: str) -> None:
@@ -155,12 +184,22 @@ def metric_option(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def check_query_options(args: argparse.Namespace) -> None:
-    if args.qe < 0 or args.rerank < 0:
+    if (args.qe or 0) < 0 or (args.rerank or 0) < 0:
         raise UsageError("--qe and --rerank must be >= 0")
     if args.qe and args.metric not in ("cosine", "fusion"):
         raise UsageError(f"--qe works with --metric cosine or fusion, not {args.metric}")
     if args.rerank and args.metric == "euclidean":
         raise UsageError("--rerank adds to similarity scores: use --metric cosine, vote or fusion")
+
+
+def resolved_query_options(args: argparse.Namespace, preset: str | None) -> dict[str, Any]:
+    """The query-time options as given, the rest from `preset` (a name) - for commands without an index yet."""
+    from ..presets import get_preset
+
+    base = get_preset(preset).query_options() if preset else {"qe": 0, "qe_alpha": 3.0, "rerank": 0,
+                                                               "rerank_budget": 2.0}
+    given = {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": args.rerank_budget}
+    return {k: base[k] if given[k] is None else given[k] for k in base}
 
 
 def progress(args: argparse.Namespace) -> bool:

@@ -16,6 +16,7 @@ from .options import (
     check_query_options,
     common,
     metric_option,
+    preset_option,
     progress,
     query_options,
 )
@@ -33,7 +34,12 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     metric_option(p, "cosine similarity (default), euclidean distance on raw features, vote (rank fusion), or "
                      "fusion (weighted rank fusion of ensemble members)")
+    preset_option(p, "its query-time parts: query expansion, verification depth and budget; default: the preset "
+                     "the index was built with")
     query_options(p)
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1",
+                   help="search with this region of the query image only (pixels: left, top, right, bottom; with "
+                        "several queries, the same box of each)")
     p.add_argument("--where", action="append", metavar="COND",
                    help="only images whose metadata (the CSV's extra columns) match: COLUMN OP VALUE with OP one of "
                         "= != < <= > >= (numbers compare as numbers), e.g. --where 'year>=2000' --where city=Paris; "
@@ -43,7 +49,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="one JSON object per query, one per line: the API's SearchResponse (see /docs), "
                         '{"query", "k", "metric", "results": [{"rank", "id", "score", "source", ...}]}; '
-                        'a query that fails prints {"query", "status", "error"} instead')
+                        'a query that fails prints {"query", "status", "error"} instead. Each result has "match": '
+                        '"strong" (the same object or scene, calibrated per model) or "weak"')
     common(p)
 
 
@@ -54,11 +61,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..finder import ImageFinder
     from ..index.filters import Filter
     from ..ingest.decode import ImageError
+    from ..presets import FROM_PRESET
+    from ..region import BoxError, parse_box
 
     if args.k < 1:
         raise UsageError(f"-k must be at least 1, got {args.k}")
     check_query_options(args)
     where = Filter.parse(args.where, args.source_prefix)
+    box = parse_box(args.box) if args.box is not None else None
+    budget = FROM_PRESET if args.rerank_budget is None else args.rerank_budget
     queries = expand_queries(args.query)
     finder = ImageFinder(args.index)
     failed = found = 0
@@ -66,8 +77,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             results = finder.search(query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
-                                    rerank=args.rerank, rerank_budget=args.rerank_budget, where=where)
-        except ImageError as exc:
+                                    rerank=args.rerank, rerank_budget=budget, where=where, box=box,
+                                    preset=args.preset)
+        except (ImageError, BoxError) as exc:
             failed += 1
             say(f"imagefinder: error: {exc}", err=True)
             if args.json:
@@ -113,7 +125,7 @@ def json_answer(args: argparse.Namespace, finder: ImageFinder, query: str, resul
         query=QueryInfo(**_query_info(query)), k=args.k, metric=args.metric, took_ms=round(seconds * 1000, 2),
         indexed=finder.store.ntotal, where=list(args.where or []), source_prefix=args.source_prefix,
         results=[SearchResult(rank=r.rank, id=r.id, score=r.score, source=r.source, width=r.width, height=r.height,
-                              cluster=r.cluster, meta=r.meta or {}) for r in results],
+                              cluster=r.cluster, meta=r.meta or {}, match=r.match) for r in results],
     ).model_dump_json()
 
 
@@ -129,9 +141,11 @@ def print_results(metric: str, results: list[Result], title: str | None = None, 
             say("")
         say(title)
     label = "distance" if metric == "euclidean" else "score"
-    say(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
+    say(f"{'rank':>4}  {label:>8}  {'match':>6}  {'id':>6}  source")
     for r in results:
-        say(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
+        say(f"{r.rank:>4}  {r.score:8.4f}  {r.match or '-':>6}  {r.id:>6}  {r.source}")
+    if results and all(r.match == "weak" for r in results):
+        say("no close match: every result is only weakly similar (see README 'Retrieval quality')")
 
 
 DUPLICATES = ("Group the images of an index (or of a folder, indexed first into a temporary directory with --model) "

@@ -17,6 +17,7 @@ from .options import (
     model_options,
     progress,
     query_options,
+    resolved_query_options,
 )
 from .terminal import say, say_json
 
@@ -118,9 +119,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
 
     check_query_options(args)
-    metrics = evaluate(args.data_dir, index_config(args), metric=args.metric, out=args.out, progress=progress(args),
-                       qe=args.qe, qe_alpha=args.qe_alpha, dba=args.dba, rerank=args.rerank,
-                       rerank_budget=args.rerank_budget, latency=args.latency)
+    config = index_config(args)
+    opts = resolved_query_options(args, (config.preset or {}).get("name"))
+    metrics = evaluate(args.data_dir, config, metric=args.metric, out=args.out, progress=progress(args),
+                       qe=opts["qe"], qe_alpha=opts["qe_alpha"], dba=args.dba, rerank=opts["rerank"],
+                       rerank_budget=opts["rerank_budget"], latency=args.latency)
     if args.json:
         say_json(metrics)
     else:

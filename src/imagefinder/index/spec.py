@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 
 from ..models import DEFAULT_MODEL
+from ..presets import Preset
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -57,6 +58,7 @@ class IndexConfig:
     target_recall: float = TARGET_RECALL  # tuning goal for nprobe / efSearch / re-rank depth
     rerank: int | None = None  # candidates re-scored exactly; None: auto (on for compressed indexes), 0: off
     store: str | None = None  # vector store: None = FAISS in the artifact; "x.db" / "milvus://host:19530"
+    preset: dict[str, Any] | None = None  # the `presets.Preset` bundle the index was built with, if any
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
@@ -71,6 +73,12 @@ class IndexConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_preset(cls, preset: Preset) -> IndexConfig:
+        """A build with a preset's index-time parts; the whole bundle is recorded (`preset`)."""
+        return cls(model=preset.model, precision=preset.precision, pca=preset.pca, whiten=preset.whiten,
+                   preset=preset.to_dict())
 
 
 def choose_spec(n: int, dim: int, config: IndexConfig) -> str:

@@ -51,10 +51,14 @@ class Preprocess:
     size: int = 224
     mean: tuple[float, float, float] = (127.0, 127.0, 127.0)  # in 0..255 pixel units
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
-    resize: str = "squash"  # "squash": whole image to size x size; "crop": short side, centre crop
+    # "squash": whole image to size x size (aspect ratio lost); "crop": short side, centre crop;
+    # "long": aspect ratio kept, the long side to `size`, each side rounded to a multiple of
+    # `multiple` (the backbone's stride: few distinct shapes to batch, no partial cells)
+    resize: str = "squash"
     crop_ratio: float = 0.875  # for "crop": resize short side to size / crop_ratio first
     layout: str = "NCHW"  # or "NHWC"
     channels: str = "RGB"  # or "BGR"
+    multiple: int = 32  # for "long"
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -268,9 +272,17 @@ def _to_rgb(img: Image.Image, peak: float | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
+def long_side_size(width: int, height: int, spec: Preprocess) -> tuple[int, int]:
+    """(w, h) an image of `width` x `height` is resized to under `resize="long"`."""
+    scale, m = spec.size / max(width, height), max(1, spec.multiple)
+    return max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m)
+
+
 def to_array(img: Image.Image, spec: Preprocess) -> np.ndarray:
     """Resize and normalise one RGB image to the backbone's float32 layout (no batch axis)."""
-    if spec.resize == "crop":
+    if spec.resize == "long":
+        img = img.resize(long_side_size(img.width, img.height, spec), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    elif spec.resize == "crop":
         short = round(spec.size / spec.crop_ratio)
         img = ImageOps.fit(img, (short, short), Image.Resampling.BILINEAR)
         offset = (short - spec.size) // 2

@@ -48,7 +48,7 @@ def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Download
 
 def decode_size(embedder: Embedder) -> int:
     """The smallest side a decode may reduce an image to: what the model and the thumbnail resize from."""
-    return max([m.backbone.preprocess.size for m in embedder.members] + [THUMBNAIL_SIZE])
+    return max(embedder.draft_size, THUMBNAIL_SIZE)
 
 
 def load_decoded(record: Record, decoded: Decoded, embedder: Embedder) -> Loaded:

@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,21 @@ class Backbone:
     # Precision used when none is asked for: "int8" only where its measured retrieval loss is
     # within the project's bounds (README "Measured": int8 vs fp32), else "fp32".
     default_precision: str = "fp32"
+    # Input of new builds: aspect ratio kept, this long side (None: `preprocess` as it is, the
+    # square input of every index built before). Measured per backbone (README "Retrieval quality").
+    long_side: int | None = None
+
+    def input(self, requested: tuple[str, int] | None = None) -> Preprocess:
+        """The preprocessing of a new build: a spec's `longN` / `squareN`, else the backbone's default."""
+        if requested is None:
+            return replace(self.preprocess, resize="long", size=self.long_side) if self.long_side else self.preprocess
+        kind, size = requested
+        return replace(self.preprocess, resize="long" if kind == "long" else "squash", size=size)
+
+    def check_input(self, requested: tuple[str, int] | None) -> None:
+        if requested is not None and self.fixed_size:
+            raise ModelUnavailable(f"{self.name} takes a fixed {self.preprocess.size}px input: long{requested[1]} / "
+                                   f"square{requested[1]} do not apply")
 
     def check_pooling(self, pooling: Pooling) -> None:
         """Refuse pooling options this backbone's output cannot honour, saying why."""
@@ -131,6 +146,11 @@ LITE_PRECISION = "int8"
 # for efficientnet-lite0 (README "Retrieval quality"); the other Lite sizes keep average pooling
 # until measured.
 LITE_POOLING = {0: Pooling("gem", 2.0)}
+# Input of new builds per Lite size, from benchmarks/resolution.py (README "Retrieval quality"):
+# lite2 at long side 384, aspect ratio kept, beat its 260 px square on UKBench, paris266 (all
+# queries and the box crops) and the copy-detection set; lite0 at long sides 224-512 lost on the
+# copy-detection set and the box crops, so it keeps its 224 px square.
+LITE_LONG_SIDE: dict[int, int] = {2: 384}
 
 
 def _efficientnet_lite(index: int, size: int) -> Backbone:
@@ -160,6 +180,7 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         fixed_size=False,
         export_tag=export.MAP_EXPORT_TAG,
         default_pooling=LITE_POOLING.get(index, Pooling()),
+        long_side=LITE_LONG_SIDE.get(index),
         default_precision=LITE_PRECISION,
     )
 
@@ -353,6 +374,7 @@ def parse_members(spec: str) -> list:
     for member in members:
         backbone = get_backbone(member.name)
         backbone.check_pooling(member.resolved(backbone.default_pooling))
+        backbone.check_input(member.input)
     return members
 
 

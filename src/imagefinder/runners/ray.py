@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def embedder_factory(embedder: Embedder, threads: int | None = None) -> Callable[[], Embedder]:
-    """A picklable recipe for the same embedder in another process (model, per-member pooling, precision)."""
+    """A picklable recipe for the same embedder in another process (model, per-member pooling, precision, input)."""
     specs = getattr(embedder, "specs", None)
     precision = getattr(embedder, "precision", None)
     if specs is not None:
-        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs], precision)
+        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs], precision,
+                                 getattr(embedder, "preprocesses", None))
     return functools.partial(Embedder, embedder.model, threads, None, precision)
 
 

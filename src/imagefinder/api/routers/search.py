@@ -27,8 +27,10 @@ from ..params import (
     json_body,
     media_type,
     openapi_body,
+    parse_box,
     parse_k,
     parse_metric,
+    parse_preset,
     several,
     single,
 )
@@ -56,11 +58,13 @@ class Options:
     where: list[str]
     source_prefix: str | None
     filter: Filter | None
+    box: list[float] | None = None  # a region of the query image (single searches of an image only)
+    preset: str | None = None  # query-time parts of a preset (None: the index's own)
 
 
 def _options(request: Request, service: Service, k: object = None, metric: object = None,
              where: list[str] | None = None, source_prefix: str | None = None,
-             form: FormData | None = None) -> Options:
+             form: FormData | None = None, box: object = None, preset: object = None) -> Options:
     """From the query string plus the body (k=, metric=, ...) or the form; each value from one place."""
     query = request.query_params
     in_form = (lambda name: form.getlist(name)) if form is not None else (lambda name: [])
@@ -69,7 +73,10 @@ def _options(request: Request, service: Service, k: object = None, metric: objec
     where_value = several("where", query.getlist("where"), where, [str(w) for w in in_form("where")])
     prefix = single("source_prefix", query.getlist("source_prefix"), [source_prefix], in_form("source_prefix"))
     prefix = str(prefix) if prefix is not None else None
-    return Options(k_value, metric_value, where_value, prefix, service.filter_of(where_value, prefix))
+    box_value = parse_box(form.get("box") if form is not None else box)
+    preset_value = parse_preset(form.get("preset") if form is not None else preset)
+    return Options(k_value, metric_value, where_value, prefix, service.filter_of(where_value, prefix), box_value,
+                   preset_value)
 
 
 def _response(request: Request, service: Service, query: QueryInfo, options: Options, results: list[Result],
@@ -86,7 +93,7 @@ async def _by_upload(request: Request, service: Service, upload: UploadFile, opt
     name = client_filename(upload.filename)
     data = await upload.read()
     image, results = await service.cpu(service.search_upload, data, options.k, options.metric, options.filter,
-                                       f"the file '{name}'" if name else "the file")
+                                       f"the file '{name}'" if name else "the file", options.box, options.preset)
     query = QueryInfo(type="upload", filename=name, width=image.decoded.width, height=image.decoded.height)
     return _response(request, service, query, options, results, start)
 
@@ -95,11 +102,13 @@ async def _by_json(request: Request, service: Service, url: str | None, image_id
                    options: Options) -> SearchResponse:
     start = time.perf_counter()
     if image_id is not None:
-        results = await service.cpu(service.search_id, image_id, options.k, options.metric, options.filter)
+        results = await service.cpu(service.search_id, image_id, options.k, options.metric, options.filter,
+                                    options.preset)
         return _response(request, service, QueryInfo(type="id", id=image_id), options, results, start)
     assert url is not None  # the request models hold exactly one of id and url
     image = await service.fetch(url)
-    results = await service.cpu(service.search_image, image, options.k, options.metric, options.filter)
+    results = await service.cpu(service.search_image, image, options.k, options.metric, options.filter, options.box,
+                                options.preset)
     query = QueryInfo(type="url", url=url, width=image.decoded.width, height=image.decoded.height)
     return _response(request, service, query, options, results, start)
 
@@ -127,7 +136,9 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None, metric
 
     `k` (1-100, default 10), `metric` (cosine, euclidean, vote, ...; default cosine), `where`
     (metadata conditions, repeatable) and `source_prefix` may be query parameters or fields of
-    the JSON body / form, each in one place only.
+    the JSON body / form, each in one place only. `box` ([x0, y0, x1, y1], or "x0,y0,x1,y1" in a
+    form) searches with that region of the query image; `preset` (fast, balanced, accurate) picks
+    the query-time parts of a preset. Each result says `match`: strong or weak.
     """
     settings = service.settings
     body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
@@ -139,7 +150,8 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None, metric
         return await _by_upload(request, service, _uploads(form, 1)[0], options)
     if kind == "application/json":
         req = json_body(body, SearchRequest)
-        options = _options(request, service, req.k, req.metric, req.where, req.source_prefix)
+        options = _options(request, service, req.k, req.metric, req.where, req.source_prefix, box=req.box,
+                           preset=req.preset)
         return await _by_json(request, service, req.url, req.id, options)
     raise HTTPException(415, UNSUPPORTED.format(what="'url' or 'id'"))
 
