@@ -8,8 +8,9 @@ landmarks (lookalikes: another photo of the Eiffel tower is not a copy). Half 0 
 half 1 is measured: no photo is in both.
 
 Calibration: the pixel check's score on the candidate pairs the finder would check (each
-image's top `neighbours` with cosine >= the candidate threshold); the NCC threshold is the
-F1-optimal cut of "same original" vs the rest, printed with the score percentiles per kind.
+image's top `neighbours` with cosine >= the candidate threshold, plus turned-copy candidates
+where the implementation has them); the NCC threshold is the F1-optimal cut of (original, copy)
+pairs vs unrelated pairs, printed with the score percentiles per kind (copy-copy included).
 
 Measurement: `find_duplicates` on the other half with that threshold. A predicted pair = two
 images in one exact or near group; truth = both derive from the same original (every pair in
@@ -104,8 +105,10 @@ def calibrate(store: Store, names: dict[int, str], labels: Labels, neighbours: i
     check = PixelCheck(store)
     score = np.array([check(x, y) for x, y in pairs])
     kinds = np.array([kind_of(labels, names[x], names[y]) for x, y in pairs])
-    pos = kinds != "unrelated"
-    t, f1 = best_f1(score[pos], score[~pos])
+    # a copy is verified against its group's anchor (the original), so the cut is placed between
+    # (original, copy) pairs and unrelated ones; copy-copy pairs are shown, not optimised for
+    pos, neg = np.isin(kinds, EDIT_KINDS), kinds == "unrelated"
+    t, f1 = best_f1(score[pos], score[neg])
     dist = {}
     for kind in (*EDIT_KINDS, "copy-copy", "unrelated"):
         s = score[kinds == kind]
