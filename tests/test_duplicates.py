@@ -185,7 +185,7 @@ def test_anchored_links_do_not_chain_through_a_lookalike() -> None:
     from imagefinder.duplicates import Clusters
 
     scores = {(1, 2): 0.99, (2, 3): 0.95, (1, 3): 0.5}
-    pair = lambda x, y: scores[(min(x, y), max(x, y))]  # noqa: E731
+    pair = lambda x, y: scores[(min(x, y), max(x, y))]
     size = {1: 4_000_000, 2: 1_000_000, 3: 2_000_000}.__getitem__
     clusters = Clusters({})
     for x, y in sorted(scores, key=lambda p: -scores[p]):

@@ -1,31 +1,30 @@
 """Duplicates: group an index's images into exact duplicates, near-duplicates and similar images.
 
-Three tiers, each a list of groups (connected components, union-find), reported separately:
+Three tiers, each a list of groups, reported separately:
 
 - exact: identical file content (the id table's sha256) - no model involved;
-- near: the same picture again - resized, re-encoded, lightly cropped or recoloured copies:
-  cosine >= NEAR (in the index's own space: unit vectors, after any PCA);
-- similar: another photo of the same object or scene: NEAR > cosine >= SIMILAR.
+- near: the same picture again - resized, re-encoded, cropped, turned, straightened, mirrored,
+  recoloured, captioned or logo-stamped copies: decided by `PixelCheck` (thumbnails aligned,
+  tile correlations of the overlap >= NEAR_NCC), or by cosine >= NEAR without OpenCV / when a
+  cosine threshold is given;
+- similar: another photo of the same object or scene: cosine >= SIMILAR.
 
 Pairs come from the ANN index itself - each image's top `neighbours` results, kept if above
-the tier's threshold - so the cost is n searches (milliseconds each, IVF on large indexes),
-never all n^2 pairs. Groups are formed by complete linkage over those pairs (strongest pair
-first; two groups merge only if every cross pair reaches the threshold), because plain
-connected components chain unrelated images through one borderline lookalike (near-duplicate
-links confirmed by the pixel check are the exception: copies of copies are copies, so those
-chain). Near groups
-grow from exact groups and similar groups from near groups, so the tiers nest; a group with
-the same members as one of a stricter tier is reported only there.
+the similar threshold - so the cost is n searches, never all n^2 pairs; copies turned by 90
+degrees, which the model does not place near their original, get candidates from tiny
+thumbnails (`turned_pairs`). Groups never chain through one borderline lookalike: similar
+groups are complete-linkage (two groups merge only if every cross pair reaches the threshold),
+near groups are anchored (a member must pass the pixel check against its group's anchor, the
+largest image, as well as against the member it was linked through). Near groups grow from
+exact groups and similar groups from near groups, so the tiers nest; a group with the same
+members as one of a stricter tier is reported only there. A group's scores are those of its
+weakest pair among *all* its pairs.
 
-The thresholds were calibrated on measured score distributions (benchmarks/duplicates.py, on a
-labelled set built from UKBench groups 0-124: byte copies, JPEG q=30 re-encodes, 50% resizes,
-80% crops, other photos of the same object, unrelated objects; measured on groups 125-249):
-each is the F1-optimal cut between its positives and everything else. Global cosines of copies
-and of other photos of the same object overlap (copies 0.79-0.95, same object 0.61-0.93 for
-efficientnet-lite0), so by default a near-duplicate is decided by `PixelCheck` (aligned
-thumbnails, normalised cross-correlation >= NEAR_NCC) on candidate pairs above SIMILAR; the
-cosine NEAR threshold is the fallback without OpenCV, or when given explicitly. Scores depend
-on the model, so models get their own values in CALIBRATED, else lite0's with a warning.
+Thresholds are calibrated on measured score distributions (benchmarks/duplicates.py): the
+cosine ones on UKBench copies and second photos, NEAR_NCC on the calibration half of a labelled
+set of paris266 landmark photos with ten kinds of edit (measured on the other half). Global
+cosines of copies and of other photos of the same object overlap, hence the pixel check. Scores
+depend on the model, so models get their own values in CALIBRATED, else lite0's with a warning.
 """
 
 from __future__ import annotations
