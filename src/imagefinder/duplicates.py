@@ -49,7 +49,7 @@ CALIBRATED: dict[str, tuple[float, float]] = {
     "efficientnet-lite0@avg": (0.767, 0.666),
 }
 DEFAULT_NEAR, DEFAULT_SIMILAR = CALIBRATED["efficientnet-lite0"]
-NEAR_NCC = 0.898  # pixel-check threshold for near-duplicates (see PixelCheck), calibrated likewise
+NEAR_NCC = 0.925  # pixel-check threshold (see PixelCheck): benchmarks/duplicates.py, calibration half
 TILES, DROP = 6, 0.3  # the pixel check's grid, and the share of worst-correlating tiles it ignores
 MIN_MATCHES = 8  # ORB matches / RANSAC inliers below which two thumbnails are not aligned at all
 MIN_OVERLAP = 0.2  # share of the compared frame the other image must cover
