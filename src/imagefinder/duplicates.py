@@ -49,7 +49,11 @@ CALIBRATED: dict[str, tuple[float, float]] = {
     "efficientnet-lite0@avg": (0.767, 0.666),
 }
 DEFAULT_NEAR, DEFAULT_SIMILAR = CALIBRATED["efficientnet-lite0"]
-NEAR_NCC = 0.925  # pixel-check threshold (see PixelCheck): benchmarks/duplicates.py, calibration half
+# The pixel check's cut (see PixelCheck). benchmarks/duplicates.py puts it at 0.925 on its calibration half
+# (copies vs their originals >= 0.956, unrelated photos <= 0.893); re-photographs of flat objects
+# (UKBench 00000-00002, a puzzle: homography-aligned, same light) score 0.91-0.945, so it is raised
+# to 0.95, still below every (original, copy) score of that half.
+NEAR_NCC = 0.95
 TILES, DROP = 6, 0.3  # the pixel check's grid, and the share of worst-correlating tiles it ignores
 MIN_MATCHES = 8  # ORB matches / RANSAC inliers below which two thumbnails are not aligned at all
 MIN_OVERLAP = 0.2  # share of the compared frame the other image must cover
