@@ -8,7 +8,11 @@ Three ways to turn the same images into EfficientNet-Lite0 features, timed in on
 - torch-eager:  the original design: PIL open/convert/resize, (x-127)/128, one image per
                 forward through eager PyTorch EfficientNet-Lite0 (`extract_features` + mean).
 - onnx-batch1:  the same naive loop through imagefinder's onnxruntime model, batch 1, to
-                separate "ONNX vs eager" from "batching + overlap".
+                separate "ONNX vs eager" from "batching + overlap": with the fp32 graph, and
+                with the int8 graph (models/quantize.py) to separate "int8" from the rest.
+
+The pipeline runs at the backbone's default precision (int8 for efficientnet-lite0, see
+README "Measured"), or the one given with --precision.
 
 Wall-clock images/s is what a user sees; CPU ms per image (all threads of this process)
 is also printed, as it is far less disturbed by other programs sharing the cores.
@@ -35,13 +39,13 @@ from PIL import Image
 
 import imagefinder
 from imagefinder.embed import Embedder
-from imagefinder.index import Store
+from imagefinder.index import Store, read_manifest
 from imagefinder.models import OnnxModel, get_backbone
 
 MODEL = "efficientnet-lite0"
 DEFAULT_DATA = Path("/work/shared/data/ukbench1000")
 WITH_SESSION, READY = "pipeline (incl. session)", "pipeline (session ready)"
-EAGER, ONNX1 = "naive torch-eager b=1", "naive onnx b=1"
+EAGER, ONNX1, ONNX1_INT8 = "naive torch-eager b=1", "naive onnx fp32 b=1", "naive onnx int8 b=1"
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -108,18 +112,18 @@ def torch_eager() -> Forward:
     return forward
 
 
-def onnx_batch1() -> Forward:
-    return OnnxModel(get_backbone(MODEL))
+def onnx_batch1(precision: str) -> Callable[[], Forward]:
+    return lambda: OnnxModel(get_backbone(MODEL), precision=precision)
 
 
-def pipeline(paths: list[Path], out: Path, with_session: bool) -> tuple[Timing, np.ndarray]:
+def pipeline(paths: list[Path], out: Path, with_session: bool, precision: str | None) -> tuple[Timing, np.ndarray]:
     """build_index over `paths`; with_session=False hands it an already-created Embedder."""
     t0 = time.perf_counter()
-    embedder = None if with_session else Embedder(MODEL)
+    embedder = None if with_session else Embedder(MODEL, precision=precision)
     setup = time.perf_counter() - t0
     start, cpu = time.perf_counter(), time.process_time()
-    report = imagefinder.build_index([str(p) for p in paths], out, imagefinder.IndexConfig(model=MODEL),
-                                     embedder=embedder)
+    report = imagefinder.build_index([str(p) for p in paths], out,
+                                     imagefinder.IndexConfig(model=MODEL, precision=precision), embedder=embedder)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.indexed == len(paths), report
     # With session: its creation happens inside build_index and is part of `seconds`.
@@ -144,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="rounds of all four methods; each method's best round is reported (default 1)")
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
+    parser.add_argument("--precision", choices=("fp32", "int8"), help="of the pipeline (default: the backbone's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -157,13 +162,17 @@ def main() -> None:
     rounds: list[list[Timing]] = []
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         # Warm-up: ONNX export (cached after the first ever run), imports, weights hash memo.
-        imagefinder.build_index([str(p) for p in paths[:32]], Path(tmp) / "warmup")
+        warm = imagefinder.build_index([str(p) for p in paths[:32]], Path(tmp) / "warmup",
+                                       imagefinder.IndexConfig(model=MODEL, precision=args.precision))
+        OnnxModel(get_backbone(MODEL), precision="int8")  # quantised once (cached), not inside a timing
+        pipeline_precision = read_manifest(warm.path).precision
         for i in range(args.repeat):  # rounds interleave the methods, so background load hits all alike
-            with_session, pipe_features = pipeline(paths, Path(tmp) / f"a{i}", with_session=True)
-            ready, _ = pipeline(paths, Path(tmp) / f"b{i}", with_session=False)
+            with_session, pipe_features = pipeline(paths, Path(tmp) / f"a{i}", True, args.precision)
+            ready, _ = pipeline(paths, Path(tmp) / f"b{i}", False, args.precision)
             eager_run, torch_features = naive_loop(EAGER, paths, torch_eager)
-            onnx_run, onnx_features = naive_loop(ONNX1, paths, onnx_batch1)
-            rounds.append([with_session, ready, eager_run, onnx_run])
+            onnx_run, onnx_features = naive_loop(ONNX1, paths, onnx_batch1("fp32"))
+            int8_run, int8_features = naive_loop(ONNX1_INT8, paths, onnx_batch1("int8"))
+            rounds.append([with_session, ready, eager_run, onnx_run, int8_run])
     # Best round per method: on a shared machine the least disturbed run is closest to the truth.
     runs = [max(column, key=lambda t: t.images_per_second) for column in zip(*rounds)]
     rate = {r.name: r.images_per_second for r in runs}
@@ -179,18 +188,23 @@ def main() -> None:
             "pipeline_session_ready_vs_torch_eager": round(rate[READY] / rate[EAGER], 2),
             "onnx_b1_vs_torch_eager": round(rate[ONNX1] / rate[EAGER], 2),
             "pipeline_session_ready_vs_onnx_b1": round(rate[READY] / rate[ONNX1], 2),
+            "onnx_int8_b1_vs_onnx_b1": round(rate[ONNX1_INT8] / rate[ONNX1], 2),
+            "pipeline_session_ready_vs_onnx_int8_b1": round(rate[READY] / rate[ONNX1_INT8], 2),
         },
+        "pipeline_precision": pipeline_precision,
         # Same model? Cosine between features of the same image. The naive loop ignores EXIF
         # orientation and resizes bicubic; the pipeline rotates upright and resizes bilinear.
         "feature_cosine": {
             "torch_vs_onnx_b1": round(mean_cosine(torch_features, onnx_features), 5),
             "pipeline_vs_torch": round(mean_cosine(pipe_features, torch_features), 5),
+            "onnx_int8_b1_vs_onnx_b1": round(mean_cosine(int8_features, onnx_features), 5),
         },
         "cpu_count": os.cpu_count(),
         "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     if not args.json:
-        print(f"{len(paths)} images from {args.data}, model {MODEL}, best of {args.repeat} round(s)\n")
+        print(f"{len(paths)} images from {args.data}, model {MODEL} (pipeline: {pipeline_precision}), "
+              f"best of {args.repeat} round(s)\n")
         print(f"| {'method':<26} | {'images/s':>8} | {'seconds':>7} | {'setup s':>7} | {'CPU ms/img':>10} "
               f"| {'decode s':>8} | {'model s':>7} |")
         print(f"|{'-' * 28}|{'-' * 9}:|{'-' * 8}:|{'-' * 8}:|{'-' * 11}:|{'-' * 9}:|{'-' * 8}:|")

@@ -9,8 +9,9 @@ Targets and their properties:
 - csv / urllist: generated CSV and list files (odd quoting, BOMs, NUL bytes, CRLF, missing and
   extra columns, other encodings, huge fields, header variants, blank lines, comments, garbage)
   go through `expand_sources`. It returns items whose sources come from the file, every URL
-  the file lists in its location column (line) among them and none from a comment, or it
-  raises `SourceError` naming the file; never any other exception.
+  the file lists in its location column (line) among them and none from a comment; a row it
+  cannot read is an item with an error, named FILE:LINE, the error naming the line (or, for a
+  file it cannot read at all, `SourceError` naming the file); never any other exception.
 - decode / upload: real JPEG, PNG, GIF, WebP, TIFF and BMP files, mutated (bit flips, bytes
   set, truncation, deleted and inserted bytes, inserted chunks and markers, header size fields
   rewritten), go through `open_image` + `thumbnail_jpeg` + `to_array`, and through the API's
@@ -42,7 +43,7 @@ from PIL import Image
 
 from imagefinder.ingest import decode as images
 from imagefinder.ingest.decode import ImageError, Preprocess, open_image, thumbnail_jpeg, to_array
-from imagefinder.ingest.sources import URL_COLUMNS, SourceError, expand_sources, is_url
+from imagefinder.ingest.sources import URL_COLUMNS, SourceError, decode_text, expand_sources, is_url
 
 UKBENCH = Path(__file__).resolve().parents[2] / "shared/data/ukbench1000/images"
 
@@ -235,12 +236,18 @@ def check_source_file(doc: TextDoc, directory: Path, suffix: str) -> str:
         assert str(path) in message, f"the error does not name the file: {message!r}"
         assert len(message) > len(str(path)) + 10, f"the error does not say why: {message!r}"
         return "SourceError"
-    text = doc.data.decode("utf-8-sig")  # it was read, so it is UTF-8
+    text, _ = decode_text(doc.data)  # as the reader decoded it (its detection is tested on its own)
     base = path.parent.resolve()
     sources = [item.source for item in items]
     assert len(sources) == len(set(sources)), "duplicate items"
     assert len(items) <= len(text.splitlines()) + 1, "more items than lines"
     for item in items:
+        if item.error is not None:  # an unreadable row: named by its line, the error says which and why
+            line = item.source.rsplit(":", 1)[-1]
+            assert item.source == f"{path}:{line}" and line.isdigit(), f"a failed row not named FILE:LINE: {item!r}"
+            assert item.error.startswith(f"{path.name} line {line}: ") and len(item.error) > 30, item.error
+            assert not item.meta
+            continue
         assert item.source and _from_input(item.source, text, base), f"source not from the file: {item.source!r}"
         for key, value in item.meta.items():
             assert key and _squash(key.strip()) in _squash(text), f"metadata key not from the file: {key!r}"

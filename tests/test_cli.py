@@ -14,7 +14,7 @@ import pytest
 
 import imagefinder
 
-EVAL_KEYS = {"map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries", "index_seconds",
+EVAL_KEYS = {"map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries", "index_seconds", "precision",
              "images_per_second"}
 
 
@@ -288,6 +288,21 @@ print(after_import, after_help, code, "usage: imagefinder" in out.getvalue())
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "[] [] 0 True", proc.stdout
+
+
+def test_a_search_from_a_file_loads_no_export_download_or_write_module(small_index) -> None:
+    """What `imagefinder search INDEX q.jpg` needs: FAISS, onnxruntime, numpy, PIL - not onnx (exports),
+    httpx (downloads), torch, or the index write side (pipeline, filelock): each costs start-up time."""
+    code = f"""
+import sys
+from imagefinder import ImageFinder
+finder = ImageFinder({str(small_index.path)!r})
+hits = finder.search({small_index.sources[0]!r}, k=3)
+print(len(hits), [m for m in ("onnx", "httpx", "torch", "filelock", "imagefinder.pipeline") if m in sys.modules])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "3 []", proc.stdout
 
 
 def test_lazy_package_names_still_import() -> None:

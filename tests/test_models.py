@@ -86,3 +86,30 @@ def test_ensemble_members_are_normalised_and_concatenated() -> None:
     # the first member is the single model's features, normalised
     expected = single / np.linalg.norm(single, axis=1, keepdims=True)
     assert np.allclose(both[:, :1280], expected, atol=1e-4)
+
+
+def test_the_optimised_graph_is_cached_and_a_damaged_copy_is_replaced() -> None:
+    backbone = get_backbone("efficientnet-lite0")
+    x = _batch("efficientnet-lite0")
+    first = OnnxModel(backbone, threads=2, precision="fp32")(x)
+    path, _ = registry.onnx_path(backbone)
+    [optimised] = path.parent.glob(f"{path.stem}.opt-ort*.onnx")
+    np.testing.assert_allclose(OnnxModel(backbone, threads=2, precision="fp32")(x), first, rtol=1e-5, atol=1e-5)
+    optimised.write_bytes(b"not a graph")  # damaged (or from elsewhere): never stops a query
+    np.testing.assert_allclose(OnnxModel(backbone, threads=2, precision="fp32")(x), first, rtol=1e-5, atol=1e-5)
+    assert optimised.stat().st_size > 1_000_000, "re-optimised and saved again"
+
+
+def test_weights_hash_is_memoised_on_disk_by_path_size_and_mtime(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"abc" * 1000)
+    expected = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert registry.file_sha256(weights, {}) == expected
+    assert expected in {p.read_text() for p in (registry.cache_dir() / "hashes").glob("*")}
+    assert registry.file_sha256(weights, {}) == expected, "a new process (empty in-memory memo) reads it back"
+    weights.write_bytes(b"abd" * 1000)  # same size, new content and mtime
+    os.utime(weights, ns=(1, 2))
+    assert registry.file_sha256(weights, {}) == hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -187,7 +187,7 @@ def test_cli_search_with_a_url_query_prints_json(url_index, served: dict[str, st
     proc = cli("search", out, query_url, "-k", "3", "--json", "-q")
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert payload["query"] == query_url
+    assert payload["query"]["type"] == "url" and payload["query"]["url"] == query_url
     results = payload["results"]
     assert [r["rank"] for r in results] == [1, 2, 3]
     assert results[0]["source"] == served["good2"] and results[0]["score"] == pytest.approx(1.0, abs=1e-3)
@@ -211,7 +211,10 @@ def test_cli_search_with_a_failing_url_query_exits_2(url_index, served: dict[str
     proc = cli("search", out, served["missing"], "--json", "-q")
     assert proc.returncode == 2
     assert "HTTP 404" in proc.stderr and served["missing"] in proc.stderr
-    assert proc.stdout == ""
+    # --json: one line per query, a failure in its place (SearchFailure), nothing else
+    (line,) = proc.stdout.splitlines()
+    failure = json.loads(line)
+    assert failure["query"]["url"] == served["missing"] and "HTTP 404" in failure["error"] and "results" not in failure
 
 
 def test_csv_without_header_and_csv_of_relative_paths(url_index, served: dict[str, str], http_server, ukbench_dir,

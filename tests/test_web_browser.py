@@ -11,13 +11,20 @@ these tests are skipped with the command that installs it.
 
 from __future__ import annotations
 
+import csv
+import functools
 import re
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlencode
 
+import httpx
 import pytest
+from PIL import Image, ImageOps
 
 from imagefinder.api import Settings, create_app
 from imagefinder.api.testing import ServerThread, start_asgi, start_wsgi
@@ -36,14 +43,24 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="needs Debian's chromium: apt-get install -y chromium chromium-driver")
 
 
+FAR = ("rocket", "hubble")  # the subjects whose `place` column is "far" (10 of the 45 images)
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory, embedder) -> tuple[Path, Path]:
+    """The built-in sample photos (9 subjects x 5 edits), listed in a CSV with `year` and `place` columns."""
     from imagefinder import build_index
     from imagefinder.sample import write_sample
 
     root = tmp_path_factory.mktemp("web-sample")
     images, query = write_sample(root / "images")
-    build_index([str(images)], root / "index", embedder=embedder, workers=4)
+    listing = root / "photos.csv"
+    with listing.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "year", "place"])
+        for i, path in enumerate(sorted(images.glob("*.jpg"))):
+            writer.writerow([str(path), 2000 + i, "far" if path.name.startswith(FAR) else "near"])
+    build_index([str(listing)], root / "index", embedder=embedder, workers=4)
     return root / "index", query
 
 
@@ -109,6 +126,13 @@ def wait_for_results(page, title_prefix: str) -> None:
 
 def wait_for_thumbnails(page) -> None:
     page.wait_for_function("() => [...document.querySelectorAll('#grid .card img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+
+
+def wait_for_visible_thumbnails(page) -> None:
+    """The grid's pictures in view have loaded (those below load lazily, as they are scrolled to)."""
+    page.wait_for_function("() => [...document.querySelectorAll('#grid .card img')]"
+                           ".filter(img => img.getBoundingClientRect().top < innerHeight)"
                            ".every(img => img.complete && img.naturalWidth > 0)")
 
 
@@ -271,6 +295,389 @@ def test_static_assets_are_local(web: ServerThread) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page_body), "no CDN or remote assets"
     for asset in ("style.css", "app.js", "favicon.svg"):
         assert httpx.get(f"{web.url}/static/{asset}", trust_env=False).status_code == 200
+
+
+# --- the collection: browse, add, delete, token ---------------------------------------------------
+
+
+def card_ids(page) -> list[int]:
+    return [int(i) for i in page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)")]
+
+
+def wait_for_browse(page, count: int) -> None:
+    page.wait_for_function(
+        "n => !document.querySelector('#grid .skeleton') && document.querySelectorAll('#grid .card').length === n"
+        " && !document.querySelector('#grid .card .rank') && document.querySelector('#results-meta').textContent",
+        arg=count)
+
+
+def listed(api: ServerThread) -> dict:
+    return httpx.get(f"{api.url}/images", params={"limit": 500}, trust_env=False, timeout=30).json()
+
+
+@pytest.fixture(scope="module")
+def new_images(sample, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Two real photos the index does not hold yet, and a 'photo' that is text."""
+    _index, query = sample
+    root = tmp_path_factory.mktemp("to-add")
+    first = root / "added_query.jpg"
+    shutil.copy(query, first)
+    second = root / "added_mirrored.png"
+    with Image.open(min((query.parent / "images").glob("hubble_*.jpg"))) as im:
+        ImageOps.mirror(im.convert("RGB")).save(second)
+    broken = root / "broken.jpg"
+    broken.write_text("this is a text file with a .jpg name")
+    with Image.open(min((query.parent / "images").glob("rocket_*.jpg"))) as im:
+        ImageOps.flip(im.convert("RGB")).save(root / "fresh_flipped.jpg", quality=90)  # added by URL
+    return first, second, broken
+
+
+@pytest.fixture(scope="module")
+def image_server(new_images) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving the new images (for adding and searching by URL)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(new_images[0].parent))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def writable(sample, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ServerThread, ServerThread]]:
+    """(API, page) on a copy of the sample index that the test may change; the API's settings from
+    the test's `api_settings` mark (a token, read-only), private URLs allowed for the local image server."""
+    index = tmp_path / "index"
+    shutil.copytree(sample[0], index)
+    mark = request.node.get_closest_marker("api_settings")
+    settings = Settings(cors_origins=(), allow_private_urls=True, **(mark.kwargs if mark else {}))
+    api_server = start_asgi(create_app(index, settings))
+    web_server = start_wsgi(create_web_app(api_server.url))
+    try:
+        yield api_server, web_server
+    finally:
+        web_server.stop()
+        api_server.stop()
+
+
+def test_browse_pages_the_collection_newest_first_with_filters(page, web: ServerThread, sample) -> None:
+    page.goto(web.url)
+    wait_for_browse(page, 24)
+    assert page.inner_text("#results-title") == "The collection"
+    assert page.inner_text("#results-meta").startswith("45 images")
+    assert card_ids(page) == list(range(44, 20, -1)), "the newest (highest id) first"
+    assert page.inner_text("#page-info") == "1–24 of 45"
+    assert page.is_disabled("#newer") and not page.is_disabled("#older")
+    # the API names a local file by its name only (never a server path): the name is the source
+    assert page.locator("#grid .card .source").count() == 0
+    assert page.locator(".segmented input[value='fusion']").count() == 0, "no Fusion for a single model"
+    assert page.locator(".segmented input").count() == 3
+    wait_for_visible_thumbnails(page)
+    screenshot(page, "web-browse.png")
+
+    page.click("#older")
+    wait_for_browse(page, 21)
+    assert card_ids(page) == list(range(20, -1, -1))
+    assert page.inner_text("#page-info") == "25–45 of 45"
+    assert page.is_disabled("#older") and not page.is_disabled("#newer")
+    page.click("#newer")
+    wait_for_browse(page, 24)
+    assert card_ids(page)[0] == 44
+
+    # source prefix: one subject's folder prefix
+    page.fill("#filter-prefix", str(sample[1].parent / "images" / "coffee_"))
+    page.click("#filter-form button[type=submit]")
+    wait_for_browse(page, 5)
+    assert all(n.startswith("coffee_") for n in result_names(page))
+    assert page.inner_text("#results-meta").startswith("5 images match")
+    assert not page.is_visible("#pager")
+    # metadata: the CSV's place column, combined with the prefix (all must hold), then alone
+    page.fill("#filter-where", "place=far")
+    page.click("#filter-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#grid .empty')")
+    page.fill("#filter-prefix", "")
+    page.fill("#filter-where", "place=far; year>=2000")
+    page.click("#filter-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('10 images match')")
+    wait_for_browse(page, 10)
+    assert sorted({n.split("_")[0] for n in result_names(page)}) == sorted(FAR)
+    # a malformed condition: the API's explanation, shown as it is
+    page.fill("#filter-where", "year")
+    page.click("#filter-form button[type=submit]")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "year" in page.inner_text("#error-text")
+    page.click("#filter-clear")
+    wait_for_browse(page, 24)
+    assert not page.is_visible("#error")
+
+    # click a picture of the collection: more like it
+    clicked = page.locator("#grid .card").nth(3)
+    clicked_id = clicked.get_attribute("data-id")
+    clicked.locator(".thumb").click()
+    wait_for_results(page, "More like")
+    assert page.url.endswith(f"#more={clicked_id}")
+    assert not page.is_visible("#collection")
+    page.click("#browse-back")
+    wait_for_browse(page, 24)
+    assert page.is_visible("#collection")
+
+
+def test_add_several_files_with_one_failing_then_urls_then_delete(page, writable, new_images, image_server) -> None:
+    api_server, web_server = writable
+    first, second, broken = new_images
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    page.click("#add-open")
+    assert page.is_visible("#add")
+    page.evaluate("""() => {  // every status each line shows, to see the progress it went through
+        window.seen = [];
+        new MutationObserver(() => document.querySelectorAll('#add-list .st')
+            .forEach(st => window.seen.push(st.textContent)))
+            .observe(document.querySelector('#add-list'), {subtree: true, childList: true, characterData: true});
+    }""")
+    page.set_input_files("#add-files", [str(first), str(broken), str(second)])
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    rows = page.locator("#add-list li")
+    assert rows.count() == 3
+    states = rows.evaluate_all("rows => rows.map(r => [r.dataset.state, r.textContent])")
+    assert [st for st, _ in states] == ["added", "failed", "added"], states
+    assert "broken.jpg" in states[1][1] and "not a supported image" in states[1][1], states[1]
+    assert page.inner_text("#add-summary") == "Done: 2 added, 1 failed."
+    seen = page.evaluate("window.seen")
+    assert "waiting" in seen and any(re.fullmatch(r"uploading… \d+%|adding…", t) for t in seen), seen
+    page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('47 images')")
+    wait_for_browse(page, 24)
+    assert page.inner_text("#results-meta").startswith("47 images")
+    assert result_names(page)[:2] == ["added_mirrored.png", "added_query.jpg"], "new images come first"
+    # the source is on the card itself, not only in a tooltip
+    sources = page.locator("#grid .card .source")
+    assert sources.first.is_visible() and sources.all_inner_texts()[:2] == ["uploaded", "uploaded"]
+    assert listed(api_server)["total"] == 47
+    wait_for_visible_thumbnails(page)
+    screenshot(page, "web-add.png")
+
+    # URLs, one per line: a new image, one already there, one that is not there
+    fresh = f"{image_server}/fresh_flipped.jpg"
+    page.fill("#add-urls", f"{fresh}\n{image_server}/added_query.jpg\n{image_server}/missing.jpg")
+    page.click("#add-url-form button")
+    page.wait_for_function("document.querySelectorAll('#add-list li').length === 6"
+                           " && document.querySelector('#add-summary').textContent.startsWith('Done')")
+    url_rows = rows.evaluate_all("rows => rows.slice(3).map(r => [r.dataset.state, r.textContent])")
+    assert url_rows[0][0] == "added", url_rows
+    assert url_rows[1][0] == "known" and "already in the collection" in url_rows[1][1], url_rows
+    assert url_rows[2][0] == "failed" and "404" in url_rows[2][1], url_rows
+    assert page.inner_text("#add-summary") == "Done: 1 added, 1 already there, 1 failed."
+    page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('48 images')")
+    wait_for_browse(page, 24)
+    assert page.locator("#grid .card .source").first.inner_text() == fresh, "the URL it came from, on the card"
+
+    # delete from the grid: cancelling the confirmation changes nothing, accepting deletes
+    newest = card_ids(page)[0]
+    page.once("dialog", lambda d: d.dismiss())
+    page.locator("#grid .card").first.locator(".delete").click()
+    page.wait_for_timeout(300)
+    assert listed(api_server)["total"] == 48 and card_ids(page)[0] == newest
+    messages: list[str] = []
+
+    def accept(dialog) -> None:
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.locator("#grid .card").first.locator(".delete").click()
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "fresh_flipped.jpg" in messages[0] and f"#{newest}" in messages[0]
+    assert page.inner_text("#notice") == f"Deleted “fresh_flipped.jpg” (image #{newest})."
+    page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('47 images')")
+    assert newest not in card_ids(page)
+    assert newest not in [i["id"] for i in listed(api_server)["images"]]
+
+    # delete from a search result
+    page.locator("#grid .card").nth(5).locator(".thumb").click()
+    wait_for_results(page, "More like")
+    victim = card_ids(page)[0]
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#grid .card").first.locator(".delete").click()
+    page.wait_for_function(f"document.querySelector('#notice').textContent.includes('#{victim}')")
+    assert victim not in card_ids(page)
+    assert listed(api_server)["total"] == 46
+
+
+def test_add_a_chosen_folder_sends_only_its_images(page, writable, new_images, tmp_path: Path) -> None:
+    api_server, web_server = writable
+    folder = tmp_path / "holiday"
+    (folder / "day2").mkdir(parents=True)
+    shutil.copy(new_images[1], folder / "beach.png")
+    shutil.copy(new_images[0].parent / "fresh_flipped.jpg", folder / "day2" / "rocket.jpg")
+    (folder / "notes.txt").write_text("not a picture")
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    page.click("#add-open")
+    page.set_input_files("#add-folder", str(folder))
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-summary") == "Done: 2 added, 1 non-image file(s) skipped."
+    names = sorted(page.locator("#add-list li .n").all_inner_texts())
+    assert names == ["holiday/beach.png", "holiday/day2/rocket.jpg"]
+    assert listed(api_server)["total"] == 47
+    # files dropped on the add area are added, not searched with
+    page.evaluate("""bytes => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], 'dropped-to-add.jpg', {type: 'image/jpeg'}));
+        document.querySelector('#add-drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""", list((new_images[0].parent / "fresh_flipped.jpg").read_bytes()))
+    page.wait_for_function("document.querySelectorAll('#add-list li').length === 3"
+                           " && document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-list li:last-child").startswith("dropped-to-add.jpg")
+    assert "already in the collection" in page.inner_text("#add-list li:last-child")
+    assert page.inner_text("#results-title") == "The collection", "no search was started"
+
+
+def test_add_a_dropped_folder(page, writable, new_images, tmp_path: Path) -> None:
+    """A folder dragged from the desktop: the drop is made by Chromium itself (DevTools' drag input with
+    real paths), so the page gets the directory entries a real drop gives, and walks them."""
+    api_server, web_server = writable
+    folder = tmp_path / "trip"
+    (folder / "inner").mkdir(parents=True)
+    shutil.copy(new_images[1], folder / "a.png")
+    shutil.copy(new_images[0].parent / "fresh_flipped.jpg", folder / "inner" / "b.jpg")
+    (folder / "inner" / "readme.md").write_text("not a picture")
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    page.click("#add-open")
+    box = page.locator("#add-drop").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(folder)], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        cdp.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-summary") == "Done: 2 added, 1 non-image file(s) skipped."
+    assert sorted(page.locator("#add-list li .n").all_inner_texts()) == ["trip/a.png", "trip/inner/b.jpg"]
+    assert listed(api_server)["total"] == 47
+    assert page.inner_text("#results-title") == "The collection", "no search was started"
+
+
+@pytest.mark.api_settings(api_token="s3cret-token-for-the-page")
+def test_token_is_asked_once_when_adding_and_kept_in_the_tab(page, writable, new_images) -> None:
+    api_server, web_server = writable
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    assert page.evaluate("document.body.dataset.writes") == "token"
+    assert not page.is_visible("#token-dialog"), "no question before the user wants to change something"
+    page.click("#add-open")
+    page.set_input_files("#add-files", [str(new_images[0])])
+    page.wait_for_selector("#token-dialog[open]")
+    page.fill("#token-input", "a-wrong-token")
+    page.click("#token-ok")
+    page.wait_for_function("document.querySelector('#token-dialog').open"
+                           " && document.querySelector('#token-why').textContent.includes('not accepted')")
+    screenshot(page, "web-token.png", full_page=False)
+    assert listed(api_server)["total"] == 45
+    page.fill("#token-input", "s3cret-token-for-the-page")
+    page.click("#token-ok")
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert page.inner_text("#add-summary") == "Done: 1 added."
+    assert listed(api_server)["total"] == 46
+    assert page.evaluate("sessionStorage.getItem('imagefinder.api-token')") == "s3cret-token-for-the-page"
+    assert page.evaluate("localStorage.length") == 0, "the token is never kept on disk"
+    assert page.is_visible("#token-kept")
+    # the next write uses the kept token: no second question
+    page.wait_for_function("document.querySelector('#results-meta').textContent.startsWith('46 images')")
+    wait_for_browse(page, 24)
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#grid .card").first.locator(".delete").click()
+    page.wait_for_selector("#notice:not([hidden])")
+    assert not page.evaluate("document.querySelector('#token-dialog').open")
+    assert listed(api_server)["total"] == 45
+    # the token is forgotten on request
+    page.click("#token-forget")
+    assert page.evaluate("sessionStorage.length") == 0 and not page.is_visible("#token-kept")
+    # cancelling the question sends nothing and says so
+    page.reload()
+    wait_for_browse(page, 24)
+    page.click("#add-open")
+    page.set_input_files("#add-files", [str(new_images[1])])
+    page.wait_for_selector("#token-dialog[open]")
+    page.click("#token-cancel")
+    page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+    assert "No API token was given" in page.inner_text("#add-list")
+    assert listed(api_server)["total"] == 45
+
+
+@pytest.mark.api_settings(read_only=True)
+def test_read_only_server_hides_add_and_delete(page, writable) -> None:
+    _api, web_server = writable
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    assert page.evaluate("document.body.dataset.writes") == "read-only"
+    assert not page.is_visible("#add-open")
+    assert page.locator("#grid .card .delete").count() == 24
+    assert not page.locator("#grid .card .delete").first.is_visible()
+
+
+def test_url_and_id_searches_are_shareable_links(page, writable, image_server) -> None:
+    _api, web_server = writable
+    url = f"{image_server}/added_query.jpg"
+    page.goto(f"{web_server.url}/?{urlencode({'url': url})}")
+    wait_for_results(page, "Most similar")
+    assert page.inner_text("#query-label") == url and page.input_value("#url") == url
+    assert result_names(page)[0].startswith("coffee_")
+    # k and the measure travel in the link too
+    page.goto(f"{web_server.url}/?{urlencode({'url': url, 'k': 5, 'metric': 'euclidean'})}")
+    wait_for_results(page, "Most similar")
+    assert len(result_names(page)) == 5 and page.is_checked("input[value='euclidean']")
+    assert "Euclidean" in page.inner_text("#results-meta")
+    page.select_option("#k", "20")
+    page.wait_for_function("document.querySelectorAll('#grid .card .rank').length === 20")
+    assert page.url == f"{web_server.url}/?{urlencode({'url': url, 'k': 20, 'metric': 'euclidean'})}"
+    page.goto(f"{web_server.url}/?id=18")
+    wait_for_results(page, "More like")
+    assert page.url.endswith("#more=18")
+    # a URL typed in the box becomes the page's address, to copy and share
+    page.goto(web_server.url)
+    wait_for_browse(page, 24)
+    page.fill("#url", url)
+    page.click("#url-form button")
+    wait_for_results(page, "Most similar")
+    assert page.url == f"{web_server.url}/?{urlencode({'url': url})}"
+    page.go_back()
+    wait_for_browse(page, 24)
+
+
+def test_phone_browse_add_and_a_long_error(browser, writable, new_images) -> None:
+    _api, web_server = writable
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(web_server.url)
+        wait_for_browse(page, 24)
+        wait_for_visible_thumbnails(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        screenshot(page, "web-browse-phone.png", full_page=False)
+        page.click("#add-open")
+        page.set_input_files("#add-files", [str(new_images[1]), str(new_images[2])])
+        page.wait_for_function("document.querySelector('#add-summary').textContent.startsWith('Done')")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.locator("#add").scroll_into_view_if_needed()
+        screenshot(page, "web-add-phone.png", full_page=False)
+        # a long unbroken word in an error message (the API quotes the bad condition) wraps inside the width
+        assert not page.is_visible("#filter-where"), "on a phone the filters start folded"
+        page.click("#filter-box summary")
+        page.fill("#filter-where", "nooperatorinthiscondition" * 12)
+        page.click("#filter-form button[type=submit]")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "nooperatorinthiscondition" * 3 in page.inner_text("#error-text")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.locator("#error").scroll_into_view_if_needed()
+        screenshot(page, "web-error-phone.png", full_page=False)
+    finally:
+        context.close()
 
 
 def teardown_module() -> None:

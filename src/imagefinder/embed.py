@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .ingest.decode import to_array
-from .models import OnnxModel, get_backbone
+from .models import ModelUnavailable, OnnxModel, get_backbone
 from .models.registry import parse_members
 from .pooling import MemberSpec, Pooling, power_normalize
 
@@ -33,11 +33,26 @@ class RecordedModel(Protocol):
     @property
     def members(self) -> list[dict[str, Any]]: ...
 
+    @property
+    def precision(self) -> str: ...
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows to unit length (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def split_precision(precision: str | None, members: int) -> list[str | None]:
+    """'int8' / 'int8+fp32' / None -> one precision (or None: the default) per member."""
+    if precision is None:
+        return [None] * members
+    parts: list[str | None] = list(precision.split("+"))
+    if len(parts) == 1:
+        return parts * members
+    if len(parts) != members:
+        raise ModelUnavailable(f"precision {precision!r} names {len(parts)} members, the model has {members}")
+    return parts
 
 
 @dataclass(frozen=True)
@@ -53,11 +68,17 @@ class MemberInfo:
 class Embedder:
     """Loads the backbones of a model spec once; thread-safe to call (onnxruntime is)."""
 
-    def __init__(self, model: str, threads: int | None = None, poolings: Sequence[Pooling] | None = None) -> None:
-        """`poolings` (one per member) override what the spec resolves to: see `for_manifest`."""
+    def __init__(self, model: str, threads: int | None = None, poolings: Sequence[Pooling] | None = None,
+                 precision: str | None = None) -> None:
+        """`poolings` (one per member) override what the spec resolves to: see `for_manifest`.
+
+        `precision`: "fp32" or "int8" for every member, or one per member joined by '+' as in
+        the manifest ("int8+fp32"); None: each backbone's default precision.
+        """
         self.model = model
         specs: list[MemberSpec] = parse_members(model)
-        self.members = [OnnxModel(get_backbone(spec.name), threads) for spec in specs]
+        precisions = split_precision(precision, len(specs))
+        self.members = [OnnxModel(get_backbone(spec.name), threads, p) for spec, p in zip(specs, precisions)]
         if poolings is None:
             poolings = [spec.resolved(m.backbone.default_pooling) for spec, m in zip(specs, self.members)]
         elif len(poolings) != len(specs):
@@ -66,14 +87,21 @@ class Embedder:
 
     @classmethod
     def for_manifest(cls, manifest: RecordedModel, threads: int | None = None) -> Embedder:
-        """The embedder an index was built with: its model spec and the pooling recorded per member.
+        """The embedder an index was built with: its model spec, and the pooling and precision recorded.
 
-        Every member of a manifest records its pooling (older manifests get theirs by migration,
-        see index/manifest.py), so a changed default pooling never changes how an existing
-        index is queried or extended.
+        Every member of a manifest records its pooling, and every manifest its precision (older
+        manifests get average pooling and fp32 by migration, see index/manifest.py), so a
+        changed default never changes how an existing index is queried or extended: queries of
+        an int8 index go through the same int8 graph as its images did.
         """
         poolings = [Pooling.from_dict(m["pooling"]) for m in manifest.members]
-        return cls(manifest.model, threads, poolings or None)
+        return cls(manifest.model, threads, poolings or None, manifest.precision)
+
+    @property
+    def precision(self) -> str:
+        """What the manifest records: one precision, or one per member joined by '+' when they differ."""
+        values = [m.precision for m in self.members]
+        return values[0] if len(set(values)) == 1 else "+".join(values)
 
     @property
     def dim(self) -> int:

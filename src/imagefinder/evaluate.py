@@ -41,7 +41,7 @@ from .pipeline import build_index
 from .search import SearchSpace, augment_database, search
 
 KEYS = ("map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries",
-        "index_seconds", "images_per_second")
+        "index_seconds", "images_per_second", "precision")
 LATENCY_KEYS = ("latency_ms_p50", "latency_cpu_ms_p50")
 
 
@@ -133,6 +133,7 @@ def evaluate(data_dir: Path | str, config: IndexConfig | None = None, *, metric:
                                                                           if r == "db"])), queries, options)
             if latency:
                 metrics.update(measure_latency(finder, query_files[:latency], options))
+            metrics["precision"] = finder.manifest.precision
         finally:
             finder.close()
     metrics.update({

@@ -22,14 +22,16 @@ from .embed import Embedder
 from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .index.filters import Filter
 from .ingest.decode import ImageError, open_image
-from .ingest.download import fetch
 from .ingest.sources import is_url
-from .pipeline import BuildReport, add_to_index, default_download_config, failure_reasons, remove_from_index
-from .runners.base import Runner
 from .search import Hit, SearchSpace, search
 
 if TYPE_CHECKING:
+    from .pipeline import BuildReport
     from .rerank import SpatialReranker
+    from .runners.base import Runner
+
+# The pipeline (and with it httpx, via the downloader) is imported where an index is written or
+# a URL fetched: a search from a file, the common case, does not pay for loading it.
 
 
 @dataclass
@@ -89,12 +91,16 @@ class ImageFinder:
         """Add images (paths, folders, CSVs, URLs) in place; visible to the next search.
 
         `runner`: who loads and embeds them (default: the local thread pool)."""
+        from .pipeline import add_to_index
+
         with self._write_lock:
             report = add_to_index(self.path, sources, embedder=self.embedder, progress=progress, runner=runner)
             self.reload()
         return report
 
     def remove(self, ids: list[int]) -> int:
+        from .pipeline import remove_from_index
+
         with self._write_lock:
             removed = remove_from_index(self.path, ids)
             self.reload()
@@ -141,6 +147,9 @@ class ImageFinder:
         if isinstance(query, bytes):
             return query
         if isinstance(query, str) and is_url(query):
+            from .ingest.download import fetch
+            from .pipeline import default_download_config
+
             result = fetch(query, default_download_config())
             if not result.ok or result.path is None:
                 raise ImageError(f"{query}: {result.error}")
@@ -220,11 +229,14 @@ class ImageFinder:
 
     def info(self, failures: int | None = 20) -> dict:
         """What the index holds; `failures`: how many failed items to list (None: all)."""
+        from .pipeline import failure_reasons
+
         m = self.manifest
         failed = self.store.failures(None)  # every failure, builds and adds alike, counted by reason
         return {
             "path": str(self.path),
             "model": m.model,
+            "precision": m.precision,
             "index_spec": m.index_spec,
             "embedding_dim": m.embedding_dim,
             "clusters": m.clusters,

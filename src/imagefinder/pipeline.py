@@ -91,7 +91,7 @@ def build_index(
     config = config or IndexConfig()
     start = time.perf_counter()
     items = expand_nonempty(sources)
-    embedder = embedder or Embedder(config.model)
+    embedder = embedder or Embedder(config.model, precision=config.precision)
     writer = ArtifactWriter(Path(out))
     with resume_journal(writer.journal_path, embedder) as journal:
         try:
@@ -109,7 +109,10 @@ def build_index(
 @contextmanager
 def resume_journal(path: Path, embedder: Embedder) -> Iterator[Journal]:
     """The journal of `embedder`'s items at `path`: kept if the block fails, deleted once it succeeds."""
-    journal = Journal(path, model_fingerprint([asdict(m) for m in embedder.info()]), embedder.dim)
+    info: list[dict] = [asdict(m) for m in embedder.info()]
+    if embedder.precision != "fp32":  # (fp32 journals keep the fingerprint they had before precision existed)
+        info.append({"precision": embedder.precision})
+    journal = Journal(path, model_fingerprint(info), embedder.dim)
     try:
         yield journal
     except BaseException:
@@ -184,8 +187,9 @@ def add_to_index(path: Path | str, sources: Sequence[str], *, embedder: Embedder
             store.close()
             items = [i for i in items if i.source not in known]
         embedder = embedder or Embedder.for_manifest(manifest)
-        if embedder.model != manifest.model:
-            raise IndexError_(f"{path} was built with {manifest.model}, not {embedder.model}")
+        if embedder.model != manifest.model or embedder.precision != manifest.precision:
+            raise IndexError_(f"{path} was built with {manifest.model} ({manifest.precision}), not {embedder.model} "
+                              f"({embedder.precision})")
         with resume_journal(path / ADD_JOURNAL, embedder) as journal:
             records, raw, resumed = embed_items(items, manifest.rows, embedder, path / THUMBS,
                                                 batch_size=batch_size, progress=progress, download=download,
@@ -219,12 +223,12 @@ def _finish(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, conf
             embedder: Embedder, start: float, folders: list[str] | None = None) -> BuildReport:
     """Reduce + index the good vectors, label clusters, write the artifact."""
     return finish_artifact(writer, records, raw, config, embedder.info(), embedder.member_slices, embedder.dim, start,
-                           folders)
+                           folders, precision=embedder.precision)
 
 
 def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarray, config: IndexConfig,
                     members: list, member_slices: list, dim: int, start: float,
-                    folders: list[str] | None = None) -> BuildReport:
+                    folders: list[str] | None = None, *, precision: str = "fp32") -> BuildReport:
     """Everything after the features: choose/train/tune the index (or fill the Milvus store), write."""
     ok = np.array([r.id for r in records if r.status == "ok"], dtype=np.int64)
     built = build_vectors(raw, ok, config, rows=len(records))
@@ -250,7 +254,7 @@ def finish_artifact(writer: ArtifactWriter, records: list[Record], raw: np.ndarr
     if folders:
         extra["folders"] = folders
     manifest = make_manifest(config, members, built.spec, dim, counts,
-                             {**extra, "member_slices": [list(s) for s in member_slices],
+                             {**extra, "member_slices": [list(s) for s in member_slices], "precision": precision,
                               "failure_reasons": report.failure_reasons})
     try:
         writer.commit(records, raw, built.index, manifest, built.clusters.centroids if built.clusters else None)

@@ -160,8 +160,9 @@ def _commit(path: Path, items: list[Item], remove: list[int], embedder: Embedder
     """Embed `items` as new ids and remove `remove`, as one generation; the items that failed."""
     manifest = read_manifest(path)
     embedder = embedder or Embedder.for_manifest(manifest)
-    if embedder.model != manifest.model:
-        raise SyncError(f"{path} was built with {manifest.model}, not {embedder.model}")
+    if embedder.model != manifest.model or embedder.precision != manifest.precision:
+        raise SyncError(f"{path} was built with {manifest.model} ({manifest.precision}), not {embedder.model} "
+                        f"({embedder.precision})")
     with resume_journal(path / SYNC_JOURNAL, embedder) as journal:
         if items:
             records, raw, _ = embed_items(items, manifest.rows, embedder, path / THUMBS, progress=progress,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .options import (
@@ -20,6 +19,7 @@ from .options import (
     scale_options,
 )
 from .report import print_build, print_drift
+from .terminal import say, say_json
 
 INDEX = ("Build an index directory from one or more sources. A failed image never stops the run: it is recorded "
          "with its reason (see `imagefinder info`). An interrupted build (Ctrl-C, crash, kill) resumes when re-run: "
@@ -81,7 +81,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from ..pipeline import remove_from_index
 
     removed = remove_from_index(args.index, args.ids)
-    print(f"removed {removed} of {len(args.ids)} ids from {args.index}")
+    say(f"removed {removed} of {len(args.ids)} ids from {args.index}")
     return EXIT_OK if removed else EXIT_EMPTY
 
 
@@ -110,16 +110,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         config.target_recall = args.target_recall or config.target_recall
     result = rebuild_index(args.index, config, check=args.check)
     if args.json:
-        print(json.dumps(result))
+        say_json(result)
     elif args.check:
-        print(f"index      {args.index}  ({result['index_spec']}, trained {result['trained_at']})")
+        say(f"index      {args.index}  ({result['index_spec']}, trained {result['trained_at']})")
         print_drift(result)
         if not result["rebuild_recommended"]:
-            print("no rebuild needed")
+            say("no rebuild needed")
     else:
         t = result["tuning"]
         tuned = f", {t['param']}={t['value']} recall@10={t['recall_at_10']:.3f}" if t else ""
-        print(f"rebuilt {args.index}: {result['previous']['index_spec']} -> {result['index_spec']} over "
+        say(f"rebuilt {args.index}: {result['previous']['index_spec']} -> {result['index_spec']} over "
               f"{result['indexed']} images in {result['seconds']:.1f} s (generation {result['generation']}{tuned})")
     return EXIT_OK
 
@@ -141,11 +141,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     images, query = write_sample(args.dir / "images")
     report = build_index([str(images)], args.dir / "index", progress=progress(args))
-    print(f"indexed {report.indexed} sample images into {report.path}")
-    print(f"query: {query}")
+    say(f"indexed {report.indexed} sample images into {report.path}")
+    say(f"query: {query}")
     for r in ImageFinder(report.path).search(query, k=args.k):
-        print(f"{r.rank:>4}  {r.score:.4f}  {Path(r.source).name}")
-    print(f"next: imagefinder search {report.path} YOUR_IMAGE.jpg")
+        say(f"{r.rank:>4}  {r.score:.4f}  {Path(r.source).name}")
+    say(f"next: imagefinder search {report.path} YOUR_IMAGE.jpg")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from .options import EXIT_INPUT, EXIT_INTERRUPTED, Command
 from .query import DUPLICATES_COMMAND, SEARCH_COMMAND
 from .report import EVALUATE_COMMAND, INFO_COMMAND
 from .sync import SYNC_COMMAND
+from .terminal import ArgumentParser, EscapingFormatter, say
 from .train import TRAIN_COMMAND
 
 EPILOG = """examples:
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser(_command_in(argv)).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr, every message escaped (it may quote a CSV cell or a URL)
+    handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     return run(args)
@@ -69,13 +71,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
-        print("imagefinder: interrupted; the index was left as it was (re-run the same command to resume)",
-              file=sys.stderr)
+        say("imagefinder: interrupted; the index was left as it was (re-run the same command to resume)", err=True)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if not isinstance(exc, ImageFinderError):
             raise  # anything else is a bug: its traceback is what a report needs
-        print(f"imagefinder: error: {exc}", file=sys.stderr)
+        say(f"imagefinder: error: {exc}", err=True)
         return EXIT_INPUT
     return code
 
@@ -87,7 +88,7 @@ def _command_in(argv: list[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand, with the options of `command` only (see the module docstring)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="imagefinder",
         description="Find images that look like a query image: index a collection once, then search it.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

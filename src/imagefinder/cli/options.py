@@ -58,13 +58,18 @@ def common(p: argparse.ArgumentParser) -> None:
 
 
 def model_options(p: argparse.ArgumentParser) -> None:
-    from ..models import BACKBONES, DEFAULT_MODEL
+    from ..models import BACKBONES, DEFAULT_MODEL, PRECISIONS
 
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
                    help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}. "
                         "Pooling options after '@', ensemble weights after ':', e.g. efficientnet-lite0@gem3,ms or "
                         "efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, gem/gemP, ms/msA_B, powA; recorded in "
                         "the manifest and used for every query)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32, or int8: statically quantised graphs, calibrated on the built-in sample photos "
+                        "(faster on CPUs with int8 dot products; cached like the fp32 export). Default: per "
+                        "backbone, int8 where its measured retrieval loss is negligible (README 'Measured'). "
+                        "Recorded in the manifest: queries use the index's precision")
     p.add_argument("--pca", type=int, metavar="D", help="reduce features to D dims with PCA before indexing")
     p.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
     p.add_argument("--clusters", type=int, metavar="K",
@@ -79,7 +84,7 @@ def index_config(args: argparse.Namespace) -> IndexConfig:
 
     if args.whiten and not args.pca and not args.spec:
         raise UsageError("--whiten needs --pca D (whitening is part of the PCA)")
-    return IndexConfig(model=args.model, pca=args.pca, whiten=args.whiten, clusters=args.clusters,
+    return IndexConfig(model=args.model, precision=args.precision, pca=args.pca, whiten=args.whiten, clusters=args.clusters,
                        spec=args.spec, nprobe=args.nprobe)
 
 
@@ -87,16 +92,24 @@ def download_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-urls-only", action="store_true",
                    help="refuse URLs (and redirects) to loopback, private, link-local or reserved addresses: for "
                         "lists from untrusted sources (default: allowed, e.g. images on your own network)")
+    p.add_argument("--fetch-timeout", type=float, metavar="S",
+                   help="seconds a URL may stay silent (default 20); a whole fetch, retries included, gets 3x that, "
+                        "so no URL holds a download thread longer")
 
 
 def download_config(args: argparse.Namespace) -> DownloadConfig | None:
-    if not args.public_urls_only:
+    if not args.public_urls_only and args.fetch_timeout is None:
         return None
     from dataclasses import replace
 
     from ..pipeline import default_download_config
 
-    return replace(default_download_config(), allow_private=False)
+    config = default_download_config()
+    if args.fetch_timeout is not None:
+        if args.fetch_timeout <= 0:
+            raise UsageError(f"--fetch-timeout must be more than 0 seconds, got {args.fetch_timeout:g}")
+        config = replace(config, timeout=args.fetch_timeout)
+    return replace(config, allow_private=False) if args.public_urls_only else config
 
 
 def scale_options(p: argparse.ArgumentParser) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ from .options import (
     progress,
     query_options,
 )
+from .terminal import say, say_json, say_json_text
 
 if TYPE_CHECKING:
     from ..finder import ImageFinder, Result
@@ -70,13 +69,13 @@ def cmd_search(args: argparse.Namespace) -> int:
                                     rerank=args.rerank, rerank_budget=args.rerank_budget, where=where)
         except ImageError as exc:
             failed += 1
-            print(f"imagefinder: error: {exc}", file=sys.stderr)
+            say(f"imagefinder: error: {exc}", err=True)
             if args.json:
-                print(json_failure(query, str(exc)), flush=True)
+                say_json_text(json_failure(query, str(exc)))
             continue
         found += bool(results)
         if args.json:
-            print(json_answer(args, finder, query, results, time.perf_counter() - start), flush=True)
+            say_json_text(json_answer(args, finder, query, results, time.perf_counter() - start))
         else:
             print_results(args.metric, results, title=query if len(queries) > 1 else None, first=n == 0)
     return EXIT_INPUT if failed else EXIT_OK if found else EXIT_EMPTY
@@ -127,12 +126,12 @@ def json_failure(query: str, error: str) -> str:
 def print_results(metric: str, results: list[Result], title: str | None = None, first: bool = True) -> None:
     if title is not None:
         if not first:
-            print()
-        print(title)
+            say("")
+        say(title)
     label = "distance" if metric == "euclidean" else "score"
-    print(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
+    say(f"{'rank':>4}  {label:>8}  {'id':>6}  source")
     for r in results:
-        print(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
+        say(f"{r.rank:>4}  {r.score:8.4f}  {r.id:>6}  {r.source}")
 
 
 DUPLICATES = ("Group the images of an index (or of a folder, indexed first into a temporary directory with --model) "
@@ -174,15 +173,15 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
                                progress=progress(args)).path
         result = duplicates_of_path(path, near=args.threshold, similar=args.similar, neighbours=args.neighbours)
     if args.json:
-        print(json.dumps({**result, **{t: [g.to_dict() for g in result[t]] for t in TIERS}}))
+        say_json({**result, **{t: [g.to_dict() for g in result[t]] for t in TIERS}})
         return EXIT_OK
     th = result["thresholds"]
-    print(f"near-duplicates: {th['near_by']}; similar: cosine >= {th['similar']:.3f} ({result['model']})")
+    say(f"near-duplicates: {th['near_by']}; similar: cosine >= {th['similar']:.3f} ({result['model']})")
     for tier in TIERS:
         groups = result[tier]
-        print(f"\n{tier}: {len(groups)} group(s)")
+        say("", f"{tier}: {len(groups)} group(s)")
         for g in groups:
-            print(f"  [{g.score:.3f}] " + "  ".join(g.sources))  # lowest cosine inside the group
+            say(f"  [{g.score:.3f}] " + "  ".join(g.sources))  # lowest cosine inside the group
     return EXIT_OK
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from .options import (
     progress,
     query_options,
 )
+from .terminal import say, say_json
 
 if TYPE_CHECKING:
     from ..index import Manifest
@@ -34,23 +34,23 @@ def print_build(report: BuildReport, as_json: bool, verb: str) -> int:
         "resumed": report.resumed,
     }
     if as_json:
-        print(json.dumps(summary))
+        say_json(summary)
     else:
-        print(f"{verb} {report.indexed} of {report.items} images into {report.path} "
+        say(f"{verb} {report.indexed} of {report.items} images into {report.path} "
               f"({report.index_spec}, {report.seconds:.1f} s, {report.images_per_second:.1f} images/s)")
         if report.resumed:
-            print(f"{report.resumed} of them were taken from an interrupted run's journal, not embedded again")
+            say(f"{report.resumed} of them were taken from an interrupted run's journal, not embedded again")
         if report.failed:
             reasons = ", ".join(f"{n} {reason}" for reason, n in report.failure_reasons.items())
-            print(f"{report.failed} failed: {reasons}  (details: imagefinder info {report.path})")
+            say(f"{report.failed} failed: {reasons}  (details: imagefinder info {report.path})")
     return EXIT_OK if report.indexed else EXIT_EMPTY
 
 
 def print_drift(d: dict[str, Any]) -> None:
     signals = ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in d["signals"].items()) or "none measured"
-    print(f"drift      {d['added_since_training']} added since training on {d['trained_on']}; {signals}")
+    say(f"drift      {d['added_since_training']} added since training on {d['trained_on']}; {signals}")
     for reason in d["reasons"]:
-        print(f"  rebuild recommended: {reason}  (imagefinder rebuild DIR)")
+        say(f"  rebuild recommended: {reason}  (imagefinder rebuild DIR)")
 
 
 def _info_options(p: argparse.ArgumentParser) -> None:
@@ -68,18 +68,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     finder = ImageFinder(args.index)
     info = {**finder.info(args.failures or None), "drift": drift_report(finder.store)}
     if args.json:
-        print(json.dumps(info))
+        say_json(info)
         return EXIT_OK
     c = info["counts"]
-    print(f"index      {info['path']}  (created {info['created_at']})")
-    print(f"model      {info['model']}  ({info['embedding_dim']}-d)")
-    print(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
-    print(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
+    say(f"index      {info['path']}  (created {info['created_at']})")
+    say(f"model      {info['model']}  ({info['embedding_dim']}-d, {info['precision']})")
+    say(f"faiss      {info['index_spec']}  clusters={info['clusters']} nprobe={info['nprobe']}")
+    say(f"images     {c['indexed']} indexed, {c['failed']} failed, {c['items']} total")
     _print_search(finder.manifest)
     for reason, n in info["failure_reasons"].items():
-        print(f"  {n:>6} x {reason}")
+        say(f"  {n:>6} x {reason}")
     for f in info["failures"]:
-        print(f"  failed #{f['id']}: {f['source']}: {f['error']}")
+        say(f"  failed #{f['id']}: {f['source']}: {f['error']}")
     print_drift(info["drift"])
     return EXIT_OK
 
@@ -92,7 +92,7 @@ def _print_search(manifest: Manifest) -> None:
     where = store["uri"] if store else "faiss"
     tuned = (f"{tuning['param']}={tuning['value']} tuned for recall@10 {tuning['target_recall']} "
              f"(measured {tuning['recall_at_10']:.3f})" if tuning else "exact")
-    print(f"search     {where}: {tuned}, re-rank {manifest.rerank or 'off'}")
+    say(f"search     {where}: {tuned}, re-rank {manifest.rerank or 'off'}")
 
 
 EVALUATE = ("Index DATA_DIR/images and query with every image whose group (from DATA_DIR/groundtruth.csv: "
@@ -122,10 +122,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        qe=args.qe, qe_alpha=args.qe_alpha, dba=args.dba, rerank=args.rerank,
                        rerank_budget=args.rerank_budget, latency=args.latency)
     if args.json:
-        print(json.dumps(metrics))
+        say_json(metrics)
     else:
         for key, value in metrics.items():
-            print(f"{key:>18}  {value:.4f}" if isinstance(value, float) else f"{key:>18}  {value}")
+            say(f"{key:>18}  {value:.4f}" if isinstance(value, float) else f"{key:>18}  {value}")
     return EXIT_OK
 
 

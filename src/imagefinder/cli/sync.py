@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .options import EXIT_EMPTY, EXIT_OK, Command, common, progress
+from .terminal import say, say_json
 
 SYNC = ("Bring the index in line with the folders it was built from (recorded in its manifest), plus any FOLDER "
         "given (recorded from then on): new images are embedded and added, changed ones (other contents than "
@@ -27,14 +27,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     report = sync_index(args.index, args.folders, progress=progress(args), dry_run=args.dry_run)
     if args.json:
-        print(json.dumps({**report.to_dict(), "dry_run": args.dry_run}))
+        say_json({**report.to_dict(), "dry_run": args.dry_run})
     else:
         verb = "would be " if args.dry_run else ""
-        print(f"{', '.join(report.folders)}: {report.added} {verb}added, {report.changed} {verb}re-embedded, "
+        say(f"{', '.join(report.folders)}: {report.added} {verb}added, {report.changed} {verb}re-embedded, "
               f"{report.removed} {verb}removed, {report.unchanged} unchanged"
               + (f", {report.failed} failed" if report.failed else "") + f" ({report.seconds:.1f} s)")
         for failure in report.failures:
-            print(f"  failed: {failure['source']}: {failure['error']}")
+            say(f"  failed: {failure['source']}: {failure['error']}")
     return EXIT_EMPTY if report.failed and not report.added else EXIT_OK
 
 

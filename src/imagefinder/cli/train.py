@@ -7,11 +7,11 @@ the choices in imagefinder.train.config.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .options import EXIT_OK, Command, common, progress
+from .terminal import say, say_json
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
@@ -92,14 +92,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         "indexed": index.indexed if index else None,
     }
     if args.json:
-        print(json.dumps(summary))
+        say_json(summary)
         return EXIT_OK
-    print(f"trained {r.config.method} on {r.images} images for {r.epochs_run} epochs on {r.config.device} "
+    say(f"trained {r.config.method} on {r.images} images for {r.epochs_run} epochs on {r.config.device} "
           f"({r.seconds_per_epoch:.1f} s/epoch){'; stopped early' if r.stopped_early else ''}")
-    print(f"best validation loss {r.best_loss:.4f} at epoch {r.best_epoch}; loss curve: {r.loss_png}")
-    print(f"model: {r.model_dir}  (use it as --model {r.model_dir})")
+    say(f"best validation loss {r.best_loss:.4f} at epoch {r.best_epoch}; loss curve: {r.loss_png}")
+    say(f"model: {r.model_dir}  (use it as --model {r.model_dir})")
     if index:
-        print(f"index: {index.path}  ({index.indexed} of {index.items} images)")
+        say(f"index: {index.path}  ({index.indexed} of {index.items} images)")
     return EXIT_OK
 
 

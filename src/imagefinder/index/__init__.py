@@ -17,8 +17,11 @@
 Other modules import from here; tests and benchmarks may reach into the submodules.
 """
 
-from .artifact import ArtifactWriter, ServeLock, writer_lock
-from .drift import drift_report
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .faiss_ops import unit_rows
 from .items import Record
 from .layout import EMBEDDINGS, MANIFEST, THUMBS, IndexError_
@@ -26,8 +29,24 @@ from .manifest import Counts, Manifest, make_manifest, read_manifest
 from .searcher import VectorIndex, transform
 from .spec import IndexConfig, is_exact
 from .store import Store
-from .update import commit_update, rebuild, recover
-from .vectors import build_vectors
+
+if TYPE_CHECKING:
+    from .artifact import ArtifactWriter, ServeLock, writer_lock
+    from .drift import drift_report
+    from .update import commit_update, rebuild, recover
+    from .vectors import build_vectors
+
+# The write side is imported on first use (PEP 562): a search opens a Store and needs none of
+# it (nor filelock, K-Means, tuning); `imagefinder search` starts faster for it.
+_LAZY = {"ArtifactWriter": "artifact", "ServeLock": "artifact", "writer_lock": "artifact", "drift_report": "drift",
+         "commit_update": "update", "rebuild": "update", "recover": "update", "build_vectors": "vectors"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EMBEDDINGS", "MANIFEST", "THUMBS", "ArtifactWriter", "Counts", "IndexConfig", "IndexError_", "Manifest",

@@ -7,6 +7,8 @@ code past `Manifest.from_dict` only ever sees the current format:
     1 -> 2   members without a recorded pooling get average pooling: indexes written before
              pooling was recorded were embedded with it, and must be queried and extended with
              it whatever the backbone's default is today.
+    2 -> 3   `precision` ("fp32" | "int8", or one per member joined by '+') is recorded; indexes
+             written before it existed were embedded with fp32 graphs, and are queried with them.
 
 A manifest from a newer ImageFinder (a format this version does not know) is refused.
 """
@@ -28,7 +30,7 @@ from ..pooling import Pooling
 from .layout import MANIFEST, IndexError_, restore_interrupted_swap
 from .spec import IndexConfig
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _members_record_pooling(data: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +38,12 @@ def _members_record_pooling(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "members": members}
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _members_record_pooling}  # from version N to N+1
+def _records_precision(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "precision": data.get("precision") or "fp32"}
+
+
+# from version N to N+1
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _members_record_pooling, 2: _records_precision}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +85,7 @@ class Manifest:
     config: IndexConfig = field(default_factory=IndexConfig)
     members: list[dict[str, Any]] = field(default_factory=list)  # MemberInfo dicts: name, dim, weights, pooling, ...
     member_slices: list[list[int]] = field(default_factory=list)  # [start, stop) columns of each member
+    precision: str = "fp32"  # of the graphs that embedded the images, and so of every query: see embed.Embedder
     counts: Counts = field(default_factory=Counts)
     format_version: int = FORMAT_VERSION
     created_at: str = field(default_factory=utc_now)

@@ -48,6 +48,7 @@ class IndexConfig:
     """What the user chose; everything here is recorded in the manifest."""
 
     model: str = DEFAULT_MODEL
+    precision: str | None = None  # "fp32" | "int8"; None: each backbone's default (models.registry)
     pca: int | None = None
     whiten: bool = False
     clusters: int | None = None

@@ -31,7 +31,7 @@ class Loaded:
 
 
 class FetchFailed(ImageFinderError, RuntimeError):
-    """A URL item whose download failed; the message is the downloader's reason."""
+    """An item whose file could not be had: a failed download, or a source row that could not be read."""
 
 
 def load_item(item_id: int, item: Item, embedder: Embedder, downloader: Downloader | None) -> Loaded:
@@ -59,6 +59,8 @@ def load_decoded(record: Record, decoded: Decoded, embedder: Embedder) -> Loaded
 
 def fetch_item(item: Item, downloader: Downloader | None) -> Path:
     """The local file of an item: its own path, or its download (FetchFailed with the reason)."""
+    if item.error is not None:
+        raise FetchFailed(item.error)
     if not item.is_url:
         return Path(item.source)
     if downloader is None:

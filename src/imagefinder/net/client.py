@@ -8,7 +8,9 @@
 - redirects are followed by hand, at most ``max_redirects`` hops, each hop vetted again;
 - one timeout per network operation plus a wall-clock deadline for the whole fetch
   (`DEADLINE_FACTOR` x the timeout, retries included), and a byte cap enforced while
-  streaming (a ``Content-Length`` over the cap is refused unread);
+  streaming, on the wire and after Content-Encoding, which is decoded here in bounded pieces
+  (encoding.py), so a compression bomb stops at the cap (a ``Content-Length`` over the cap is
+  refused unread);
 - transient failures are retried by the retry policy (retry.py);
 - every failure is a FetchError (errors.py) whose message names the URL's host.
 
@@ -22,13 +24,14 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
 
+from .encoding import ACCEPT_ENCODING, Decoder
 from .errors import FetchError, FetchTooLarge, UnsafeURL
 from .policy import AddressPolicy, Target, vet
 from .retry import Deadline, RetryPolicy, parse_retry_after, with_retries
@@ -85,24 +88,45 @@ class Body:
         return self.response.headers.get("content-type")
 
     def read_into(self, sink: Callable[[bytes], object]) -> None:
-        """Hand the body to `sink` chunk by chunk; FetchTooLarge past the cap, FetchError past the deadline."""
+        """Hand the decoded body to `sink` piece by piece; FetchTooLarge past the cap, FetchError past the deadline.
+
+        The cap counts the bytes on the wire and the decoded bytes both, as they stream: the
+        Content-Encoding is undone here in bounded pieces (encoding.py), never by httpx, whose
+        decoders inflate a whole network chunk at once (a 2 KB gzip-of-gzip is 1 GiB).
+        """
         cap, host = self.limits.max_bytes, self.url.host
         length = self.response.headers.get("content-length", "").strip()
         if length.isdigit() and int(length) > cap:
-            raise FetchTooLarge(f"the image is too large: {int(length)} bytes, the limit is {cap}",
+            raise FetchTooLarge(f"the image at {_shown(self.url)} is too large: {int(length)} bytes, the limit is {cap}",
                                 f"too large: Content-Length {int(length)} exceeds {cap} bytes")
-        received = 0
-        try:
-            for chunk in self.response.iter_bytes():
-                received += len(chunk)
+        decoder = Decoder(self.response.headers.get("content-encoding"))
+        wire = received = 0
+
+        def take(pieces: Iterable[bytes]) -> None:
+            nonlocal received
+            for piece in pieces:
+                received += len(piece)
                 if received > cap:
-                    raise FetchTooLarge(f"the image is too large: more than {cap} bytes",
-                                        f"too large: more than {cap} bytes")
+                    raise self._too_large(cap)
+                sink(piece)
+
+        try:
+            for chunk in self.response.iter_raw():
+                wire += len(chunk)
+                if wire > cap:
+                    raise self._too_large(cap)
+                take(decoder.decode(chunk))
                 if self.deadline.passed():
                     raise FetchError(f"timed out reading from '{host}'", f"timeout after {self.deadline.total:g}s total")
-                sink(chunk)
+            take(decoder.finish())
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _request_error(exc, host, self.limits.timeout, READING) from None
+
+    def _too_large(self, cap: int) -> FetchTooLarge:
+        encoding = self.response.headers.get("content-encoding")
+        decoded = f" once decoded (Content-Encoding: {encoding[:40]})" if encoding else ""
+        return FetchTooLarge(f"the image at {_shown(self.url)} is too large: more than {cap} bytes{decoded}",
+                             f"too large: more than {cap} bytes{decoded}")
 
     def read(self) -> bytes:
         body = bytearray()
@@ -159,7 +183,8 @@ def _open(client: httpx.Client, url: str, limits: Limits, policy: AddressPolicy,
 def _send(client: httpx.Client, target: Target, timeout: float, user_agent: str) -> httpx.Response:
     """One GET, to the vetted address when there is one: the only place a connection is opened."""
     url = target.url
-    headers = {"User-Agent": user_agent, "Accept": "image/*"}
+    # only what encoding.Decoder can undo in bounded pieces
+    headers = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": ACCEPT_ENCODING}
     extensions: dict[str, object] = {}
     if target.address is not None:
         headers["Host"] = url.netloc.decode("ascii")
@@ -172,6 +197,11 @@ def _send(client: httpx.Client, target: Target, timeout: float, user_agent: str)
         return client.send(request, stream=True, follow_redirects=False)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _request_error(exc, url.host, timeout, CONNECTING) from None
+
+
+def _shown(url: httpx.URL) -> str:
+    """A URL as an error message names it: without credentials or query (either may hold a secret)."""
+    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 def _status_text(response: httpx.Response) -> str:

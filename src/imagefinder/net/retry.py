@@ -2,8 +2,10 @@
 
 What is transient is decided where the failure is detected (`FetchError.retryable`: HTTP 429
 and 5xx, timeouts, dropped connections, a DNS server that answered "try again"); this module
-only decides how long to wait and when to give up: after `retries` more attempts, or when the
-wait would run past the fetch's wall-clock deadline.
+only decides how long to wait and when to give up: after `retries` more attempts, when the
+wait would run past the fetch's wall-clock deadline, or at once when the server asks for a
+longer wait than `retry_after_cap` (``Retry-After: 3600`` is an answer, not a reason to hold a
+worker: the failure is recorded with what the server asked, and a re-run tries again).
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ class RetryPolicy:
     retries: int = 0
     base: float = 0.5  # first wait; doubled after each further failure
     cap: float = 8.0
-    retry_after_cap: float = 30.0  # a server asking for minutes is not waited for that long
+    retry_after_cap: float = 30.0  # a server asking for longer is not waited for at all
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential back-off, unless the server told us how long to wait."""
         if retry_after is not None:
-            return min(retry_after, self.retry_after_cap)
+            return retry_after
         return min(self.base * 2**attempt, self.cap)
 
 
@@ -66,6 +68,11 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def _gave_up(exc: FetchError, cap: float) -> FetchError:
+    wait = f"Retry-After {exc.retry_after:g}s, longer than the {cap:g}s a fetch waits"
+    return FetchError(f"{exc} and asked to retry later ({wait})", f"{exc.reason}: {wait}")  # groups as exc.reason
+
+
 def with_retries(attempt: Callable[[], T], policy: RetryPolicy, deadline: Deadline, what: str) -> T:
     """Call `attempt` until it succeeds, raises a non-retryable FetchError, or retries run out."""
     for n in range(policy.retries + 1):
@@ -74,6 +81,8 @@ def with_retries(attempt: Callable[[], T], policy: RetryPolicy, deadline: Deadli
         except FetchError as exc:
             if not exc.retryable or n == policy.retries:
                 raise
+            if exc.retry_after is not None and exc.retry_after > policy.retry_after_cap:
+                raise _gave_up(exc, policy.retry_after_cap) from None
             delay = policy.delay(n, exc.retry_after)
             if deadline.left() <= delay:
                 raise

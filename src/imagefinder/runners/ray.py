@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def embedder_factory(embedder: Embedder, threads: int | None = None) -> Callable[[], Embedder]:
-    """A picklable recipe for the same embedder in another process (model + per-member pooling)."""
+    """A picklable recipe for the same embedder in another process (model, per-member pooling, precision)."""
     specs = getattr(embedder, "specs", None)
+    precision = getattr(embedder, "precision", None)
     if specs is not None:
-        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs])
-    return functools.partial(Embedder, embedder.model, threads)
+        return functools.partial(Embedder, embedder.model, threads, [s.pooling for s in specs], precision)
+    return functools.partial(Embedder, embedder.model, threads, None, precision)
 
 
 class LoadStage:
@@ -47,7 +48,7 @@ class LoadStage:
         self.downloader: Downloader | None = None
 
     def __call__(self, row: dict) -> dict:
-        item = Item(row["source"], json.loads(row["meta"]))
+        item = Item(row["source"], json.loads(row["meta"]), row["error"] or None)
         if item.is_url and self.downloader is None:
             self.downloader = Downloader(self.download)
         loaded = load_item(int(row["id"]), item, self.embedder, self.downloader)
@@ -125,7 +126,8 @@ class RayRunner:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         actors = self.embed_actors or max(1, cpus // 4)
         loaders = self.load_concurrency or max(1, cpus - actors * self.actor_threads)
-        rows = [{"id": first_id + i, "source": it.source, "meta": json.dumps(it.meta)} for i, it in enumerate(items)]
+        rows = [{"id": first_id + i, "source": it.source, "meta": json.dumps(it.meta), "error": it.error or ""}
+                for i, it in enumerate(items)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(batch_size, 1), 4 * cpus)))
         pool = ray.data.ActorPoolStrategy
         ds = ds.map(LoadStage, fn_constructor_args=(embedder_factory(embedder, 1), download),

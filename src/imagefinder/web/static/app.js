@@ -12,11 +12,22 @@
     k: $("#k"), grid: $("#grid"), title: $("#results-title"), mini: $("#results-query"), meta: $("#results-meta"), hint: $("#hint"),
     error: $("#error"), errorTitle: $("#error-title"), errorText: $("#error-text"), errorClose: $("#error-close"),
     status: $("#status"), statusText: $("#status-text"), progress: $("#progress"), template: $("#card-template"),
+    collection: $("#collection"), filterBox: $("#filter-box"), filterForm: $("#filter-form"), prefix: $("#filter-prefix"), where: $("#filter-where"),
+    filterClear: $("#filter-clear"), pager: $("#pager"), newer: $("#newer"), older: $("#older"), pageInfo: $("#page-info"),
+    browseBack: $("#browse-back"), notice: $("#notice"),
+    add: $("#add"), addOpen: $("#add-open"), addClose: $("#add-close"), addDrop: $("#add-drop"), addFiles: $("#add-files"),
+    addFolder: $("#add-folder"), addUrlForm: $("#add-url-form"), addUrls: $("#add-urls"), addList: $("#add-list"),
+    addSummary: $("#add-summary"), tokenKept: $("#token-kept"), tokenForget: $("#token-forget"),
+    tokenDialog: $("#token-dialog"), tokenWhy: $("#token-why"), tokenInput: $("#token-input"), tokenCancel: $("#token-cancel"),
   };
-  const state = { query: null, lastUpload: null, seq: 0, stats: null, objectUrl: null, retry: null };
+  const state = {
+    query: null, lastUpload: null, seq: 0, stats: null, objectUrl: null, retry: null,
+    browse: { offset: 0, limit: 24, prefix: "", where: [] }, tokenAsk: null, adding: false,
+  };
+  const PAGE_TITLE = document.title;
 
   class UserError extends Error {
-    constructor(title, detail) { super(detail); this.title = title; }
+    constructor(title, detail, status) { super(detail); this.title = title; this.status = status; }
   }
 
   // Labels for the engine's metrics; a metric the API lists that is not here still gets a button.
@@ -37,15 +48,35 @@
     if (status === 413) return "That image is too large";
     if (status === 415) return "That file is not an image ImageFinder can read";
     if (status === 404) return "Not found";
+    if (status === 401) return "The API token was not accepted";
+    if (status === 403) return "Not allowed";
     if (status === 502 || status === 503 || status === 504) return "The search service is not available";
     if (status === 422 || status === 400) return "That did not work";
     return "Something went wrong";
   }
 
+  // fetch reports no upload progress: an upload that wants it goes by XMLHttpRequest, answered
+  // as the few parts of a fetch Response that request() reads.
+  function sendWithProgress(url, options) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open(options.method || "POST", url);
+      new Headers(options.headers || {}).forEach((value, name) => xhr.setRequestHeader(name, value));
+      xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) options.onProgress(e.loaded / e.total); });
+      xhr.addEventListener("load", () => resolve({
+        ok: xhr.status >= 200 && xhr.status < 300, status: xhr.status,
+        headers: { get: (name) => xhr.getResponseHeader(name) },
+        json: async () => JSON.parse(xhr.responseText),
+      }));
+      xhr.addEventListener("error", () => reject(new Error("network error")));
+      xhr.send(options.body);
+    });
+  }
+
   async function request(path, options = {}) {
     let response;
     try {
-      response = await fetch(apiUrl(path), options);
+      response = options.onProgress ? await sendWithProgress(apiUrl(path), options) : await fetch(apiUrl(path), options);
     } catch (err) {
       throw new UserError("Cannot reach ImageFinder",
         "The page could not contact its server. Check that ImageFinder is still running, then try again.");
@@ -56,7 +87,7 @@
     }
     if (!response.ok) {
       const detail = body && typeof body.detail === "string" ? body.detail : `The server answered HTTP ${response.status}.`;
-      throw new UserError(titleFor(response.status), detail);
+      throw new UserError(titleFor(response.status), detail, response.status);
     }
     return body;
   }
@@ -90,13 +121,19 @@
       model.textContent = ` · ${stats.model}`;
       el.statusText.append(model);
       el.status.title = `index ${stats.index_type}, ${stats.dims}-d features, ${stats.clusters ?? 0} clusters`;
-      renderMetrics(stats.metrics);
-      if (!state.query) renderStart();
+      // The page offers adding and deleting only where the server accepts them (see /stats "writes").
+      document.body.dataset.writes = stats.writes || "this-machine";
+      if (stats.writes === "read-only") el.add.hidden = true;
+      // "fusion" fuses an ensemble's members; with a single model it is only a copy of cosine.
+      const ensemble = String(stats.model).includes("+");
+      renderMetrics((stats.metrics || []).filter((name) => name !== "fusion" || ensemble));
+      if (state.wasDown) { state.wasDown = false; controlsFromLink(); route(); }
       if (el.errorTitle.textContent === titleFor(502) || el.errorTitle.textContent === "Cannot reach ImageFinder") hideError();
     } catch (err) {
       el.status.dataset.state = "down";
       el.statusText.textContent = "API unavailable";
       el.status.title = err.message;
+      state.wasDown = true;
       if (!state.query) {
         showError(err);
         el.grid.replaceChildren(emptyNote("Results will appear here once the search service is running."));
@@ -170,7 +207,11 @@
     navigate({ type: "id", id, label: label || `Image #${id}`, preview: thumbUrl(id) });
   }
 
-  // Image-id searches live in the address (#more=ID), so Back/Forward and links work.
+  // The address says what is shown, so Back/Forward work and a search can be shared as a link:
+  // #more=ID (also ?id=ID) for "more like this", ?url=URL for a search by image URL; an upload
+  // cannot be put in a link (its state marks the history entry instead); nothing: the collection.
+  const keyOf = (q) => (q ? (q.type === "id" ? `id:${q.id}` : q.type === "url" ? `url:${q.url}` : "upload") : "browse");
+
   function navigate(query) {
     if (query.type === "id") {
       state.pendingLabel = query.label;
@@ -178,26 +219,66 @@
       if (location.hash === hash) search(query); else location.hash = hash;
       return;
     }
-    if (location.hash) history.pushState(null, "", location.pathname + location.search);
+    if (query.type === "url") {
+      const link = linkFor(query);
+      if (location.pathname + location.search !== link || location.hash) history.pushState(null, "", link);
+    } else {
+      history.pushState({ upload: true }, "", location.pathname);
+    }
     search(query);
   }
 
-  function fromHash() {
-    const match = /^#more=(\d+)$/.exec(location.hash);
-    if (match) {
-      const id = Number(match[1]);
+  // A URL search's link carries k and the measure too, when they are not the defaults.
+  function linkFor(query) {
+    const params = new URLSearchParams({ url: query.url });
+    if (el.k.value !== "10") params.set("k", el.k.value);
+    if (metric() !== "cosine") params.set("metric", metric());
+    return `${location.pathname}?${params}`;
+  }
+
+  function controlsFromLink() {
+    const params = new URLSearchParams(location.search);
+    const k = params.get("k");
+    if (k && Array.from(el.k.options).some((o) => o.value === k)) el.k.value = k;
+    const m = params.get("metric");
+    const input = m && Array.from(document.querySelectorAll('input[name="metric"]')).find((i) => i.value === m);
+    if (input) input.checked = true;
+  }
+
+  function showCollection() {
+    if (location.search || location.hash) history.pushState(null, "", location.pathname);
+    route();
+  }
+
+  function wanted() {
+    const more = /^#more=(\d+)$/.exec(location.hash);
+    const params = new URLSearchParams(location.search);
+    if (!more && /^\d+$/.test(params.get("id") || "")) {
+      history.replaceState(null, "", `${location.pathname}#more=${params.get("id")}`);
+      return wanted();
+    }
+    if (more) {
+      const id = Number(more[1]);
       const label = state.pendingLabel || `Image #${id}`;
       state.pendingLabel = null;
-      search({ type: "id", id, label, preview: thumbUrl(id) });
-    } else if (!location.hash && state.lastUpload && state.query !== state.lastUpload) {
-      search(state.lastUpload);
-    } else if (!location.hash && state.query && state.query.type === "id") {
-      state.query = null;
-      resetQuery();
-      renderStart();
+      return { type: "id", id, label, preview: thumbUrl(id) };
     }
+    const url = params.get("url");
+    if (url && /^https?:\/\//i.test(url)) {
+      el.url.value = url;
+      return { type: "url", url, label: url, preview: url };
+    }
+    if (history.state && history.state.upload && state.lastUpload) return state.lastUpload;
+    return null;
   }
-  window.addEventListener("hashchange", fromHash);
+
+  function route() {
+    const query = wanted();
+    if (query && keyOf(query) === keyOf(state.query)) return; // already shown (hashchange and popstate both fire)
+    if (query) search(query); else browse(state.browse.offset);
+  }
+  window.addEventListener("hashchange", route);
+  window.addEventListener("popstate", route);
 
   function resetQuery() {
     el.dropEmpty.hidden = false;
@@ -208,6 +289,10 @@
   async function search(query) {
     state.query = query;
     const seq = ++state.seq;
+    el.collection.hidden = true;
+    el.pager.hidden = true;
+    el.browseBack.hidden = false;
+    document.title = `${query.label} · ${PAGE_TITLE}`;
     const k = Number(el.k.value);
     const m = metric();
     hideError();
@@ -253,6 +338,18 @@
     return name;
   }
 
+  // The API names a local file by its name only (never a server path) and an upload by a content
+  // hash, so the line says what is worth reading: the URL an image came from, "uploaded", or the
+  // source when it says more than the name above it.
+  function sourceText(r, name) {
+    const meta = r.meta || {};
+    if (meta.origin) return String(meta.origin);
+    const source = String(r.source || "");
+    if (/^https?:\/\//i.test(source)) return source;
+    if (source.startsWith("uploads/")) return "uploaded";
+    return source && source !== name ? source : "";
+  }
+
   function emptyNote(text) {
     const p = document.createElement("p");
     p.className = "empty";
@@ -296,10 +393,7 @@
     const img = card.querySelector("img");
     img.src = thumbUrl(r.id);
     img.alt = name;
-    img.addEventListener("error", () => {
-      if (rank === undefined) card.remove(); // a start-page pick that no longer exists
-      else img.style.visibility = "hidden";
-    });
+    img.addEventListener("error", () => { img.style.visibility = "hidden"; });
     const button = card.querySelector(".thumb");
     button.setAttribute("aria-label", `More like ${name}`);
     button.title = `More like ${name}`;
@@ -311,7 +405,15 @@
       if (head.getBoundingClientRect().top < 0) head.scrollIntoView({ behavior: "smooth", block: "start" });
     });
     card.querySelector(".name").textContent = name;
-    card.querySelector(".name").title = r.source || name;
+    card.querySelector(".name").title = name;
+    // Where the image came from, in full on the card (it wraps; no tooltip needed to read it).
+    const source = card.querySelector(".source");
+    const from = sourceText(r, name);
+    if (from) source.textContent = from; else source.remove();
+    const del = card.querySelector(".delete");
+    del.setAttribute("aria-label", `Delete ${name}`);
+    del.title = `Delete ${name} from the collection`;
+    del.addEventListener("click", () => deleteImage(r, card));
     const rankEl = card.querySelector(".rank");
     const scoreEl = card.querySelector(".score");
     if (rank === undefined) {
@@ -343,33 +445,337 @@
     el.hint.hidden = false;
   }
 
-  // Before any search: a spread of images from the collection to start from.
-  function renderStart() {
-    if (!state.stats || state.query) return;
-    const rows = state.stats.items;
-    el.title.textContent = "Start from an image in the collection";
-    el.meta.textContent = `${state.stats.images.toLocaleString()} images indexed`;
-    if (!state.stats.images) {
-      el.grid.replaceChildren(emptyNote("The index is empty: add images with POST /images or `imagefinder add`."));
+  // ---- the collection: newest first, page by page, filtered ------------------------------------
+
+  function whereList(text) {
+    return text.split(/\s*[;\n]\s*/).map((w) => w.trim()).filter(Boolean);
+  }
+
+  async function browse(offset = 0) {
+    state.query = null;
+    const seq = ++state.seq;
+    const b = state.browse;
+    b.offset = Math.max(0, offset);
+    resetQuery();
+    document.title = PAGE_TITLE;
+    el.collection.hidden = false;
+    el.browseBack.hidden = true;
+    el.filterClear.hidden = !b.prefix && !b.where.length;
+    if (!el.filterClear.hidden) el.filterBox.open = true;
+    const params = new URLSearchParams({ offset: String(b.offset), limit: String(b.limit) });
+    if (b.prefix) params.set("source_prefix", b.prefix);
+    b.where.forEach((w) => params.append("where", w));
+    const filtered = b.prefix || b.where.length;
+    el.title.textContent = filtered ? "Matching images" : "The collection";
+    setBusy(true);
+    if (!el.grid.querySelector(".card")) renderSkeleton(b.limit);
+    try {
+      const page = await request(`images?${params}`);
+      if (seq !== state.seq) return;
+      hideError();
+      b.total = page.total;
+      el.meta.textContent = `${page.total.toLocaleString()} image${page.total === 1 ? "" : "s"}${filtered ? " match" : ""} · newest first`;
+      if (!page.images.length && b.offset > 0 && page.total > 0) { browse(Math.max(0, page.total - b.limit)); return; }
+      if (!page.images.length) {
+        el.grid.replaceChildren(emptyNote(filtered ? "No image matches these filters."
+          : "The collection is empty: add images with “+ Add images”, POST /images or `imagefinder add`."));
+      } else {
+        el.grid.replaceChildren(...page.images.map((r) => makeCard(r)));
+      }
+      const last = b.offset + page.images.length;
+      el.pager.hidden = page.total <= b.limit && b.offset === 0;
+      el.pageInfo.textContent = page.images.length ? `${b.offset + 1}–${last} of ${page.total.toLocaleString()}` : "";
+      el.newer.disabled = b.offset === 0;
+      el.older.disabled = last >= page.total;
+      el.hint.hidden = !page.images.length;
+    } catch (err) {
+      if (seq !== state.seq) return;
+      showError(err);
+      el.meta.textContent = "";
+      el.pager.hidden = true;
+      el.hint.hidden = true;
+      el.grid.replaceChildren(emptyNote("Fix the problem above, or clear the filters."));
+    } finally {
+      if (seq === state.seq) setBusy(false);
+    }
+  }
+
+  // On a phone the filters start folded, so the pictures come first.
+  if (window.matchMedia("(max-width: 560px)").matches) el.filterBox.open = false;
+
+  el.filterForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.browse.prefix = el.prefix.value.trim();
+    state.browse.where = whereList(el.where.value);
+    browse(0);
+  });
+  el.filterClear.addEventListener("click", () => {
+    el.prefix.value = "";
+    el.where.value = "";
+    state.browse.prefix = "";
+    state.browse.where = [];
+    browse(0);
+  });
+  el.newer.addEventListener("click", () => browse(state.browse.offset - state.browse.limit));
+  el.older.addEventListener("click", () => browse(state.browse.offset + state.browse.limit));
+  el.browseBack.addEventListener("click", showCollection);
+
+  // ---- writes: the token, deleting, adding ----------------------------------------------------
+
+  // The token is kept in sessionStorage, not localStorage: it then lives only as long as this
+  // tab, is not shared with other tabs, and is not left on disk for whoever uses the browser
+  // later. It is not a cookie either, so the browser never attaches it by itself to a request
+  // another site makes; the page adds it, as Authorization: Bearer, to its own writes only.
+  const TOKEN_KEY = "imagefinder.api-token";
+  const savedToken = () => { try { return sessionStorage.getItem(TOKEN_KEY); } catch (err) { return null; } };
+  function keepToken(token) {
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (err) { /* private mode: this page's memory only */ }
+    state.token = token;
+    el.tokenKept.hidden = false;
+  }
+  function forgetToken() {
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (err) { /* nothing kept */ }
+    state.token = null;
+    el.tokenKept.hidden = true;
+  }
+  el.tokenForget.addEventListener("click", () => { forgetToken(); notify("The API token is forgotten: the next change asks for it."); });
+  el.tokenKept.hidden = !savedToken();
+  const currentToken = () => state.token || savedToken();
+
+  // One question at a time, however many uploads are waiting for the answer.
+  function askToken(why) {
+    if (state.tokenAsk) return state.tokenAsk;
+    state.tokenAsk = new Promise((resolve) => {
+      const d = el.tokenDialog;
+      el.tokenWhy.textContent = why;
+      el.tokenInput.value = "";
+      const done = () => {
+        d.removeEventListener("close", done);
+        state.tokenAsk = null;
+        const token = d.returnValue === "ok" ? el.tokenInput.value.trim() : "";
+        el.tokenInput.value = "";
+        if (token) keepToken(token);
+        resolve(token || null);
+      };
+      d.returnValue = "";
+      d.addEventListener("close", done);
+      d.showModal();
+      el.tokenInput.focus();
+    });
+    return state.tokenAsk;
+  }
+  el.tokenCancel.addEventListener("click", () => el.tokenDialog.close(""));
+
+  const NO_TOKEN = "Adding and deleting images on this server needs its API token (IMAGEFINDER_API_TOKEN). "
+    + "It is kept in this browser tab only.";
+
+  // A write (add/delete) with the token when the server wants one; 401: ask again and retry.
+  async function writeRequest(path, options) {
+    let why = NO_TOKEN;
+    for (;;) {
+      if (state.stats && state.stats.writes === "token" && !currentToken()) {
+        if (options.onWait) options.onWait();
+        const token = await askToken(why);
+        if (!token) throw new UserError("Nothing was changed", "No API token was given.", 0);
+      }
+      const headers = new Headers(options.headers || {});
+      const token = currentToken();
+      if (token) headers.set("Authorization", `Bearer ${token}`);
+      try {
+        if (options.onSend) options.onSend();
+        return await request(path, { ...options, headers });
+      } catch (err) {
+        if (err.status !== 401) throw err;
+        forgetToken();
+        if (state.stats) state.stats.writes = "token";
+        why = "That token was not accepted by the server. Enter the API token again (the value of "
+          + "IMAGEFINDER_API_TOKEN where the API runs).";
+      }
+    }
+  }
+
+  function notify(text, kind = "ok") {
+    el.notice.textContent = text;
+    el.notice.dataset.kind = kind;
+    el.notice.hidden = false;
+    clearTimeout(state.noticeTimer);
+    state.noticeTimer = setTimeout(() => { el.notice.hidden = true; }, 8000);
+  }
+
+  async function deleteImage(r, card) {
+    const name = card.dataset.name || `#${r.id}`;
+    if (!window.confirm(`Delete “${name}” (image #${r.id}) from the collection?\n\nIt is removed from the index; `
+      + "this cannot be undone from the page.")) return;
+    card.classList.add("busy");
+    try {
+      await writeRequest(`images/${r.id}`, { method: "DELETE" });
+      card.remove();
+      notify(`Deleted “${name}” (image #${r.id}).`);
+      loadStatus();
+      if (!state.query) browse(state.browse.offset);
+    } catch (err) {
+      card.classList.remove("busy");
+      showError(err);
+    }
+  }
+
+  const IMAGE_NAME = /\.(jpe?g|png|gif|webp|bmp|tiff?|jfif|avif|heic)$/i;
+
+  function addRow(name) {
+    const li = document.createElement("li");
+    li.dataset.state = "queued";
+    const n = document.createElement("span");
+    n.className = "n";
+    n.textContent = name;
+    const st = document.createElement("span");
+    st.className = "st";
+    st.textContent = "waiting";
+    li.append(n, st);
+    el.addList.append(li);
+    return { set(kind, text) { li.dataset.state = kind; st.textContent = text; } };
+  }
+
+  // Files and URLs go one request each, in turn: each has its own line and its own result, and a
+  // bad file does not fail the others.
+  async function addAll(jobs, skipped = 0) {
+    if (!jobs.length) {
+      el.addSummary.textContent = skipped ? `No images to add (${skipped} file(s) that are not images skipped).` : "";
       return;
     }
-    const count = Math.min(12, rows);
-    const step = Math.max(1, Math.floor(rows / count));
-    const cards = [];
-    for (let i = 0; i < count; i++) cards.push(makeCard({ id: i * step, source: `Image #${i * step}` }));
-    el.grid.replaceChildren(...cards);
-    // Names arrive lazily; the thumbnails are what matter here.
-    cards.forEach((card) => {
-      request(`images/${card.dataset.id}/info`).then((info) => {
-        const name = displayName(info);
-        card.querySelector(".name").textContent = name;
-        card.querySelector(".dims").textContent = info.width && info.height ? `${info.width}×${info.height}` : "";
-        card.dataset.name = name;
-        card.querySelector(".thumb").title = `More like ${name}`;
-        card.querySelector(".thumb").setAttribute("aria-label", `More like ${name}`);
-      }).catch(() => card.remove());
-    });
+    el.add.hidden = false;
+    const rows = jobs.map((job) => addRow(job.name));
+    const counts = { added: 0, known: 0, failed: 0 };
+    const limit = state.stats && state.stats.max_upload_bytes;
+    let stop = null;
+    for (let i = 0; i < jobs.length; i++) {
+      const job = jobs[i], row = rows[i];
+      el.addSummary.textContent = `Adding ${i + 1} of ${jobs.length}…`;
+      if (stop) { row.set("failed", stop); counts.failed++; continue; }
+      if (job.file && limit && job.file.size > limit) {
+        row.set("failed", `too large: ${(job.file.size / 1048576).toFixed(1)} MB, the limit is ${(limit / 1048576).toFixed(0)} MB`);
+        counts.failed++;
+        continue;
+      }
+      row.set("sending", job.file ? "uploading…" : "fetching…");
+      let options;
+      if (job.file) {
+        const form = new FormData();
+        form.append("file", job.file, job.file.name || "image");
+        options = { method: "POST", body: form };
+        options.onProgress = (done) => row.set("sending", done < 1 ? `uploading… ${Math.round(done * 100)}%` : "adding…");
+      } else {
+        options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url: job.url }) };
+      }
+      options.onWait = () => row.set("sending", "waiting for the API token…");
+      options.onSend = () => row.set("sending", job.file ? "uploading…" : "fetching…");
+      try {
+        const data = await writeRequest("images", options);
+        const image = data.images[0];
+        if (image.created) { counts.added++; row.set("added", `added as #${image.id}`); }
+        else { counts.known++; row.set("known", `already in the collection (#${image.id})`); }
+      } catch (err) {
+        counts.failed++;
+        row.set("failed", err.message);
+        if (err.status === 0 || err.status === 403) stop = `not sent: ${err.message}`; // the same for every file
+      }
+    }
+    const parts = [`${counts.added} added`];
+    if (counts.known) parts.push(`${counts.known} already there`);
+    if (counts.failed) parts.push(`${counts.failed} failed`);
+    if (skipped) parts.push(`${skipped} non-image file(s) skipped`);
+    el.addSummary.textContent = `Done: ${parts.join(", ")}.`;
+    el.addSummary.dataset.kind = counts.failed ? "failed" : "ok";
+    loadStatus();
+    if (!state.query) browse(0);
   }
+
+  async function addFiles(files) {
+    if (state.adding) return;
+    state.adding = true;
+    try {
+      const list = Array.from(files);
+      // Inside a folder, only what looks like an image is sent; files chosen one by one all are.
+      const images = list.filter((f) => !f.webkitRelativePath || f.type.startsWith("image/") || IMAGE_NAME.test(f.name));
+      await addAll(images.map((file) => ({ file, name: file.webkitRelativePath || file.name || "pasted image" })),
+        list.length - images.length);
+    } finally {
+      state.adding = false;
+    }
+  }
+
+  // A dropped folder: the browser hands over directory entries, read here recursively.
+  async function filesOf(entries) {
+    const out = [];
+    let skipped = 0;
+    const walk = async (entry, prefix) => {
+      if (entry.isFile) {
+        const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+        if (file.type.startsWith("image/") || IMAGE_NAME.test(file.name)) {
+          out.push({ file, name: prefix + file.name });
+        } else {
+          skipped++;
+        }
+      } else if (entry.isDirectory) {
+        const reader = entry.createReader();
+        for (;;) {
+          const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+          if (!batch.length) break;
+          for (const child of batch) await walk(child, `${prefix}${entry.name}/`);
+        }
+      }
+    };
+    for (const entry of entries) await walk(entry, "");
+    return { jobs: out, skipped };
+  }
+
+  el.addOpen.addEventListener("click", () => {
+    el.add.hidden = false;
+    el.add.scrollIntoView({ behavior: "smooth", block: "nearest" });
+  });
+  el.addClose.addEventListener("click", () => { el.add.hidden = true; });
+  el.addFiles.addEventListener("change", () => { addFiles(el.addFiles.files); el.addFiles.value = ""; });
+  el.addFolder.addEventListener("change", () => { addFiles(el.addFolder.files); el.addFolder.value = ""; });
+  el.addDrop.addEventListener("dragover", (e) => { e.preventDefault(); e.stopPropagation(); el.addDrop.classList.add("over"); });
+  el.addDrop.addEventListener("dragleave", () => el.addDrop.classList.remove("over"));
+  el.addDrop.addEventListener("drop", async (e) => {
+    e.preventDefault();
+    e.stopPropagation(); // not a search: the page's own drop handler is for query images
+    el.addDrop.classList.remove("over");
+    dragDepth = 0;
+    el.drop.classList.remove("over");
+    const dt = e.dataTransfer;
+    // The entries must be taken now: the DataTransfer is emptied once this handler returns.
+    const entries = Array.from(dt.items || []).map((item) => item.webkitGetAsEntry && item.webkitGetAsEntry()).filter(Boolean);
+    if (state.adding) return;
+    if (entries.some((entry) => entry.isDirectory)) {
+      state.adding = true;
+      try {
+        const { jobs, skipped } = await filesOf(entries);
+        await addAll(jobs, skipped);
+      } finally {
+        state.adding = false;
+      }
+    } else if (dt.files && dt.files.length) {
+      addFiles(dt.files);
+    }
+  });
+  el.addUrlForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (state.adding) return;
+    const lines = el.addUrls.value.split(/\s+/).map((l) => l.trim()).filter(Boolean);
+    const bad = lines.filter((l) => !/^https?:\/\//i.test(l));
+    if (bad.length) {
+      showError(new UserError("Not an image URL", `${bad.map((b) => `“${b}”`).join(", ")}: each line needs a link that starts with http:// or https://.`));
+      return;
+    }
+    state.adding = true;
+    try {
+      await addAll(lines.map((url) => ({ url, name: url })));
+      el.addUrls.value = "";
+    } finally {
+      state.adding = false;
+    }
+  });
 
   // ---- input: pick, drop, paste, URL -----------------------------------------------------------
 
@@ -418,9 +824,13 @@
 
   // ---- controls --------------------------------------------------------------------------------
 
-  function rerun() { if (state.query) search(state.query); }
+  function rerun() {
+    if (!state.query) return;
+    if (state.query.type === "url") history.replaceState(null, "", linkFor(state.query));
+    search(state.query);
+  }
   el.k.addEventListener("change", rerun);
   document.querySelectorAll('input[name="metric"]').forEach((r) => r.addEventListener("change", rerun));
 
-  loadStatus().then(fromHash);
+  loadStatus().then(() => { if (state.stats) { controlsFromLink(); route(); } });
 })();
