@@ -7,7 +7,8 @@
   so certificates still verify): a second DNS answer cannot swap in another address;
 - redirects are followed by hand, at most ``max_redirects`` hops, each hop vetted again;
 - one timeout per network operation plus a wall-clock deadline for the whole fetch
-  (`DEADLINE_FACTOR` x the timeout, retries included), and a byte cap enforced while
+  (`DEADLINE_FACTOR` x the timeout, retries included), a floor on the body's rate once it
+  has streamed for one timeout (`MIN_BYTES_PER_S`), and a byte cap enforced while
   streaming, on the wire and after Content-Encoding, which is decoded here in bounded pieces
   (encoding.py), so a compression bomb stops at the cap (a ``Content-Length`` over the cap is
   refused unread);
