@@ -18,6 +18,7 @@
     add: $("#add"), addOpen: $("#add-open"), addClose: $("#add-close"), addDrop: $("#add-drop"), addFiles: $("#add-files"),
     addFolder: $("#add-folder"), addUrlForm: $("#add-url-form"), addUrls: $("#add-urls"), addList: $("#add-list"),
     addSummary: $("#add-summary"), tokenKept: $("#token-kept"), tokenForget: $("#token-forget"),
+    crop: $("#crop"), box: $("#box"), boxClear: $("#box-clear"), regionText: $("#region-text"), noMatch: $("#no-match"),
     tokenDialog: $("#token-dialog"), tokenWhy: $("#token-why"), tokenInput: $("#token-input"), tokenCancel: $("#token-cancel"),
   };
   const state = {
@@ -291,6 +292,7 @@
     const seq = ++state.seq;
     el.collection.hidden = true;
     el.pager.hidden = true;
+    el.noMatch.hidden = true;
     el.browseBack.hidden = false;
     document.title = `${query.label} · ${PAGE_TITLE}`;
     const k = Number(el.k.value);
@@ -301,20 +303,14 @@
     renderSkeleton(k);
     // An image-id search finds the image itself first: ask for one more and leave it out.
     const params = new URLSearchParams({ k: String(query.type === "id" ? k + 1 : k), metric: m });
-    let options;
-    if (query.type === "upload") {
-      const form = new FormData();
-      form.append("file", query.file, query.file.name || "pasted-image.png");
-      options = { method: "POST", body: form };
-    } else {
-      const body = query.type === "url" ? { url: query.url } : { id: query.id };
-      options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-    }
+    showBox();
     try {
-      const data = await request(`search?${params}`, options);
+      const data = await request(`search?${params}`, await searchOptions(query));
       if (seq !== state.seq) return; // a newer search replaced this one
       let results = data.results;
       if (query.type === "id") results = results.filter((r) => r.id !== query.id).slice(0, k);
+      // The image's own pixel size, which a box is given in (the API's decoded, upright size).
+      if (data.query && data.query.width && data.query.height && !query.size) query.size = [data.query.width, data.query.height];
       renderResults(results, data, m, query);
     } catch (err) {
       if (seq !== state.seq) return;
@@ -326,6 +322,126 @@
       if (seq === state.seq) setBusy(false);
     }
   }
+
+  // The request body of a search. A region (query.box) is sent as the API's `box`, in pixels of
+  // the query image; the API takes a box with an upload or a URL, so for an indexed image the
+  // page sends the original image's bytes as an upload.
+  async function searchOptions(query) {
+    const box = query.box ? query.box.join(",") : null;
+    if (query.type === "upload" || (box && query.type === "id")) {
+      const file = query.type === "upload" ? query.file : await originalOf(query);
+      const form = new FormData();
+      form.append("file", file, file.name || "pasted-image.png");
+      if (box) form.append("box", box);
+      return { method: "POST", body: form };
+    }
+    const body = query.type === "url" ? { url: query.url } : { id: query.id };
+    if (box) body.box = query.box;
+    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+
+  async function originalOf(query) {
+    if (query.original) return query.original;
+    let response;
+    try { response = await fetch(originalUrl(query.id)); } catch (err) { response = null; }
+    if (!response || !response.ok) {
+      throw new UserError("Cannot search a region of this image",
+        `The original of image #${query.id} is not available from the server, so only the whole image can be searched.`);
+    }
+    const blob = await response.blob();
+    query.original = new File([blob], `image-${query.id}`, { type: blob.type });
+    return query.original;
+  }
+
+  // ---- region: a box dragged on the query picture ------------------------------------------
+
+  // The size a box is measured in: the API's answer for this query, else what the browser decoded
+  // (an id query's preview is a thumbnail: its original size comes from /images/ID/info).
+  async function imageSize(query) {
+    if (query.size) return query.size;
+    if (query.type === "id") {
+      const info = await request(`images/${query.id}/info`);
+      if (info.width && info.height) query.size = [info.width, info.height];
+      return query.size || null;
+    }
+    const img = el.queryImg;
+    return img.naturalWidth ? [img.naturalWidth, img.naturalHeight] : null;
+  }
+
+  const MIN_BOX = 8; // image pixels per side: the API refuses a smaller region
+
+  function showBox() {
+    const query = state.query;
+    const box = query && query.box;
+    el.boxClear.hidden = !box;
+    el.regionText.hidden = !box;
+    if (!box || !query.size || !el.queryImg.clientWidth) { el.box.hidden = true; return; }
+    const [w, h] = query.size;
+    const sx = el.queryImg.clientWidth / w, sy = el.queryImg.clientHeight / h;
+    Object.assign(el.box.style, { left: `${box[0] * sx}px`, top: `${box[1] * sy}px`,
+      width: `${(box[2] - box[0]) * sx}px`, height: `${(box[3] - box[1]) * sy}px` });
+    el.box.hidden = false;
+    el.regionText.textContent = `Region ${box[2] - box[0]}×${box[3] - box[1]} px at (${box[0]}, ${box[1]})`;
+  }
+
+  const drag = { start: null, moved: false, pointer: null };
+
+  function pointOf(e) {
+    const r = el.queryImg.getBoundingClientRect();
+    return [Math.max(0, Math.min(r.width, e.clientX - r.left)), Math.max(0, Math.min(r.height, e.clientY - r.top))];
+  }
+
+  function drawDrag(a, b) {
+    Object.assign(el.box.style, { left: `${Math.min(a[0], b[0])}px`, top: `${Math.min(a[1], b[1])}px`,
+      width: `${Math.abs(a[0] - b[0])}px`, height: `${Math.abs(a[1] - b[1])}px` });
+    el.box.hidden = false;
+  }
+
+  el.crop.addEventListener("pointerdown", (e) => {
+    if (!state.query || e.button !== 0 || !el.queryImg.clientWidth) return;
+    e.preventDefault();
+    drag.start = pointOf(e);
+    drag.moved = false;
+    drag.pointer = e.pointerId;
+    el.crop.setPointerCapture(e.pointerId);
+  });
+  el.crop.addEventListener("pointermove", (e) => {
+    if (!drag.start || e.pointerId !== drag.pointer) return;
+    const p = pointOf(e);
+    if (Math.abs(p[0] - drag.start[0]) + Math.abs(p[1] - drag.start[1]) > 4) drag.moved = true;
+    if (drag.moved) drawDrag(drag.start, p);
+  });
+  el.crop.addEventListener("pointercancel", () => { drag.start = null; showBox(); });
+  el.crop.addEventListener("pointerup", async (e) => {
+    if (!drag.start || e.pointerId !== drag.pointer) return;
+    const a = drag.start, b = pointOf(e);
+    drag.start = null;
+    if (!drag.moved) return; // a click: the drop zone's own click picks another image
+    const query = state.query;
+    const size = await imageSize(query).catch(() => null);
+    if (!size || query !== state.query) { showBox(); return; }
+    const sx = size[0] / el.queryImg.clientWidth, sy = size[1] / el.queryImg.clientHeight;
+    const box = [Math.round(Math.min(a[0], b[0]) * sx), Math.round(Math.min(a[1], b[1]) * sy),
+      Math.round(Math.max(a[0], b[0]) * sx), Math.round(Math.max(a[1], b[1]) * sy)];
+    box[2] = Math.min(box[2], size[0]);
+    box[3] = Math.min(box[3], size[1]);
+    if (box[2] - box[0] < MIN_BOX || box[3] - box[1] < MIN_BOX) {
+      showBox();
+      showError(new UserError("That region is too small", `Drag a box at least ${MIN_BOX}×${MIN_BOX} pixels of the image.`));
+      return;
+    }
+    search({ ...query, box });
+  });
+  // A drag is not a click: it must not open the file chooser.
+  el.crop.addEventListener("click", (e) => { if (drag.moved) { e.stopPropagation(); drag.moved = false; } });
+
+  function clearBox() {
+    if (state.query && state.query.box) search({ ...state.query, box: null });
+  }
+  el.boxClear.addEventListener("click", (e) => { e.stopPropagation(); clearBox(); });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.query && state.query.box) clearBox(); });
+  el.queryImg.addEventListener("load", showBox);
+  window.addEventListener("resize", showBox);
 
   // ---- rendering -----------------------------------------------------------------------------
 
@@ -421,9 +537,21 @@
       scoreEl.remove();
     } else {
       rankEl.textContent = `#${rank}`;
-      card.querySelector(".bar i").style.width = `${Math.round(width * 100)}%`;
-      scoreEl.title = `${metricInfo(m)[1]}: ${r.score}`;
+      // A bar reads as "how similar": only cosine is a similarity on a fixed scale. A Euclidean
+      // distance is shown as a distance (lower is closer), a rank-fusion score as a plain number.
+      const bar = card.querySelector(".bar");
+      if (m === "cosine") bar.querySelector("i").style.width = `${Math.round(width * 100)}%`; else bar.remove();
+      card.querySelector(".what").textContent = m === "euclidean" ? "distance" : m === "cosine" ? "" : "rank score";
+      scoreEl.title = m === "euclidean" ? `Euclidean distance (lower is closer): ${r.score}`
+        : m === "cosine" ? `cosine similarity: ${r.score}` : `${metricInfo(m)[1]} rank-fusion score (higher is closer; not a similarity): ${r.score}`;
       card.querySelector(".value").textContent = formatScore(score, m);
+      const match = card.querySelector(".match");
+      if (r.match) {
+        match.dataset.match = r.match;
+        match.textContent = r.match === "strong" ? "strong match" : "weak match";
+        match.title = r.match === "strong" ? "Very likely the same object or scene"
+          : "Only the nearest there is: probably not the same object or scene";
+      }
     }
     card.querySelector(".dims").textContent = r.width && r.height ? `${r.width}×${r.height}` : "";
     const open = card.querySelector(".open");
@@ -435,6 +563,9 @@
   function renderResults(results, data, m, query) {
     const widths = barWidths(results, m);
     el.title.textContent = query.type === "id" ? `More like ${query.label}` : "Most similar images";
+    if (query.box) el.title.textContent += " (selected region)";
+    // Every result weak: the collection holds nothing close; say so rather than let rank #1 look like a find.
+    el.noMatch.hidden = !(results.length && results.every((r) => r.match === "weak"));
     const what = metricInfo(m)[1];
     el.meta.textContent = `${results.length} of ${data.indexed.toLocaleString()} images · ${what} · ${Math.round(data.took_ms)} ms`;
     if (!results.length) {
@@ -460,6 +591,7 @@
     document.title = PAGE_TITLE;
     el.collection.hidden = false;
     el.browseBack.hidden = true;
+    el.noMatch.hidden = true;
     el.filterClear.hidden = !b.prefix && !b.where.length;
     if (!el.filterClear.hidden) el.filterBox.open = true;
     const params = new URLSearchParams({ offset: String(b.offset), limit: String(b.limit) });
