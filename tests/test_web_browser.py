@@ -862,3 +862,58 @@ def test_phone_region_drag_and_no_close_match(browser, web: ServerThread, two_su
         screenshot(page, "web-region-phone.png", full_page=False)
     finally:
         context.close()
+
+
+def test_why_this_match_draws_the_shared_points(page, web: ServerThread, api: ServerThread, two_subjects: Path) -> None:
+    page.goto(web.url)
+    page.wait_for_selector("#status[data-state='ok']")
+    page.set_input_files("#file", str(two_subjects))
+    wait_for_results(page, "Most similar")
+    drag_box(page, (0.52, 0.02, 0.98, 0.98))
+    wait_for_results(page, "Most similar images (selected region)")
+    box = shown_region(page)
+    first = page.locator("#grid .card").first
+    result_id, name = int(first.get_attribute("data-id")), first.locator(".name").inner_text()
+    assert name.startswith("rocket_")
+    first.locator(".why").click()
+    page.wait_for_selector("#why-canvas[data-lines]")
+    # what the page drew is the API's answer for the same query region and result
+    with two_subjects.open("rb") as f:
+        answer = httpx.post(f"{api.url}/search/matches", data={"result_id": str(result_id), "box": ",".join(map(str, box))},
+                            files={"file": ("q.png", f.read(), "image/png")}, timeout=120).json()
+    assert answer["verified"]
+    assert int(page.get_attribute("#why-canvas", "data-points")) == len(answer["pairs"]) > 0
+    assert int(page.get_attribute("#why-canvas", "data-lines")) == min(80, len(answer["pairs"]))
+    assert page.get_attribute("#why-dialog", "data-verified") == "true"
+    assert f"{answer['inliers']} points" in page.inner_text("#why-text")
+    # lines in colour were drawn over the pictures (not a blank canvas)
+    coloured = page.evaluate("""() => { const c = document.querySelector('#why-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0) n++; return n / (c.width * c.height); }""")
+    assert coloured > 0.5
+    screenshot(page, "web-why.png", full_page=False)
+
+    # a result that is not the same thing: the dialog says it is not verified
+    page.click("#why-dialog .close")
+    weak = page.locator("#grid .card:has(.match[data-match='weak'])").last
+    weak.locator(".why").click()
+    page.wait_for_selector("#why-dialog[data-verified='false'] #why-canvas[data-lines]")
+    assert page.inner_text("#why-text").startswith("Not verified")
+
+
+def test_phone_why_this_match(browser, web: ServerThread, sample) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{web.url}/#more=18")
+        wait_for_results(page, "More like")
+        page.locator("#grid .card").first.locator(".why").click()
+        page.wait_for_selector("#why-canvas[data-lines]")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        canvas = page.locator("#why-canvas").bounding_box()
+        assert canvas["width"] <= 375 and canvas["height"] > canvas["width"], "stacked: query above, result below"
+        screenshot(page, "web-why-phone.png", full_page=False)
+    finally:
+        context.close()

@@ -19,6 +19,7 @@
     addFolder: $("#add-folder"), addUrlForm: $("#add-url-form"), addUrls: $("#add-urls"), addList: $("#add-list"),
     addSummary: $("#add-summary"), tokenKept: $("#token-kept"), tokenForget: $("#token-forget"),
     crop: $("#crop"), box: $("#box"), boxClear: $("#box-clear"), regionText: $("#region-text"), noMatch: $("#no-match"),
+    whyDialog: $("#why-dialog"), whyText: $("#why-text"), whyCanvas: $("#why-canvas"), whyTitle: $("#why-title"),
     tokenDialog: $("#token-dialog"), tokenWhy: $("#token-why"), tokenInput: $("#token-input"), tokenCancel: $("#token-cancel"),
   };
   const state = {
@@ -326,16 +327,18 @@
   // The request body of a search. A region (query.box) is sent as the API's `box`, in pixels of
   // the query image; the API takes a box with an upload or a URL, so for an indexed image the
   // page sends the original image's bytes as an upload.
-  async function searchOptions(query) {
+  // `extra`: more fields for the request (result_id for "why this match").
+  async function searchOptions(query, extra = {}) {
     const box = query.box ? query.box.join(",") : null;
     if (query.type === "upload" || (box && query.type === "id")) {
       const file = query.type === "upload" ? query.file : await originalOf(query);
       const form = new FormData();
       form.append("file", file, file.name || "pasted-image.png");
       if (box) form.append("box", box);
+      Object.entries(extra).forEach(([name, value]) => form.append(name, String(value)));
       return { method: "POST", body: form };
     }
-    const body = query.type === "url" ? { url: query.url } : { id: query.id };
+    const body = { ...(query.type === "url" ? { url: query.url } : { id: query.id }), ...extra };
     if (box) body.box = query.box;
     return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
   }
@@ -545,6 +548,11 @@
       scoreEl.title = m === "euclidean" ? `Euclidean distance (lower is closer): ${r.score}`
         : m === "cosine" ? `cosine similarity: ${r.score}` : `${metricInfo(m)[1]} rank-fusion score (higher is closer; not a similarity): ${r.score}`;
       card.querySelector(".value").textContent = formatScore(score, m);
+      const why = card.querySelector(".why");
+      why.hidden = false;
+      why.title = `Why this match: the points ${name} shares with the query`;
+      why.setAttribute("aria-label", `Why ${name} matches`);
+      why.addEventListener("click", () => explainMatch(r, name));
       const match = card.querySelector(".match");
       if (r.match) {
         match.dataset.match = r.match;
@@ -574,6 +582,95 @@
     }
     el.grid.replaceChildren(...results.map((r, i) => makeCard(r, { rank: i + 1, score: r.score, width: widths[i], m })));
     el.hint.hidden = false;
+  }
+
+  // ---- why this match: the points a result shares with the query --------------------------------
+
+  function loadImage(src) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.addEventListener("load", () => resolve(img));
+      img.addEventListener("error", () => reject(new Error(`cannot load ${src}`)));
+      img.src = src;
+    });
+  }
+
+  async function explainMatch(r, name) {
+    const query = state.query;
+    if (!query) return;
+    el.whyTitle.textContent = `Why ${name} matches`;
+    el.whyText.textContent = "Finding the points the two pictures share…";
+    el.whyCanvas.hidden = true;
+    delete el.whyCanvas.dataset.lines;
+    if (!el.whyDialog.open) el.whyDialog.showModal();
+    try {
+      const [data, result] = await Promise.all([
+        searchOptions(query, { result_id: r.id }).then((options) => request("search/matches", options)),
+        loadImage(originalUrl(r.id)).catch(() => loadImage(thumbUrl(r.id))),
+      ]);
+      if (query !== state.query || !el.whyDialog.open) return;
+      drawMatches(data, el.queryImg, result);
+      const where = query.box ? "the selected region of the query" : "the query";
+      el.whyText.textContent = data.verified
+        ? `${data.inliers} points of ${where} and ${name} line up under one view of the same thing `
+          + `(${data.mutual} similar points found; ${data.min_inliers} in line count as verified).`
+        : `Not verified: only ${data.inliers} of ${data.mutual} similar points line up (verification needs `
+          + `${data.min_inliers}), so the likeness is in the overall look, not the same object or scene.`;
+      el.whyDialog.dataset.verified = String(data.verified);
+    } catch (err) {
+      if (query !== state.query) return;
+      el.whyText.textContent = `${err.title || "Something went wrong"}: ${err.message}`;
+    }
+  }
+
+  const MAX_LINES = 80;
+
+  // The two pictures side by side (one above the other on a narrow screen), a line per pair.
+  function drawMatches(data, queryImg, resultImg) {
+    const canvas = el.whyCanvas;
+    const stacked = el.whyDialog.clientWidth < 560;
+    const room = Math.max(240, canvas.parentElement.clientWidth);
+    const gap = 12;
+    const [qw, qh] = data.query_size, [rw, rh] = data.result_size;
+    // a common height side by side, a common width stacked
+    const s = stacked ? [room / qw, room / rw] : (() => { const h = Math.min(360, (room - gap) / (qw / qh + rw / rh)); return [h / qh, h / rh]; })();
+    const q = { x: 0, y: 0, w: qw * s[0], h: qh * s[0] };
+    const res = stacked ? { x: 0, y: q.h + gap, w: rw * s[1], h: rh * s[1] } : { x: q.w + gap, y: 0, w: rw * s[1], h: rh * s[1] };
+    const width = stacked ? Math.max(q.w, res.w) : res.x + res.w, height = stacked ? res.y + res.h : Math.max(q.h, res.h);
+    const dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(width * dpr);
+    canvas.height = Math.round(height * dpr);
+    canvas.style.aspectRatio = `${width} / ${height}`;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    if (queryImg.naturalWidth) ctx.drawImage(queryImg, q.x, q.y, q.w, q.h); // (a URL's picture may not have loaded)
+    ctx.drawImage(resultImg, res.x, res.y, res.w, res.h);
+    if (data.box) { // the searched region, outlined on the whole query
+      const [x0, y0, x1, y1] = data.box;
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x0 * s[0], y0 * s[0], (x1 - x0) * s[0], (y1 - y0) * s[0]);
+    }
+    // Every matched point as a dot; lines for an even sample of them (hundreds of lines are a blur).
+    ctx.fillStyle = "#ffd34d";
+    data.pairs.forEach(([ax, ay, bx, by]) => {
+      ctx.fillRect(q.x + ax * s[0] - 1.5, q.y + ay * s[0] - 1.5, 3, 3);
+      ctx.fillRect(res.x + bx * s[1] - 1.5, res.y + by * s[1] - 1.5, 3, 3);
+    });
+    const step = Math.max(1, data.pairs.length / MAX_LINES);
+    const drawn = data.pairs.filter((_, i) => i % step < 1);
+    ctx.lineWidth = 1.4;
+    drawn.forEach(([ax, ay, bx, by], i) => {
+      ctx.strokeStyle = `hsla(${(i * 47) % 360}, 90%, 55%, .85)`;
+      ctx.beginPath();
+      ctx.moveTo(q.x + ax * s[0], q.y + ay * s[0]);
+      ctx.lineTo(res.x + bx * s[1], res.y + by * s[1]);
+      ctx.stroke();
+    });
+    canvas.dataset.lines = String(drawn.length);
+    canvas.dataset.points = String(data.pairs.length);
+    canvas.hidden = false;
   }
 
   // ---- the collection: newest first, page by page, filtered ------------------------------------
