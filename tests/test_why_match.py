@@ -133,3 +133,6 @@ def test_bad_requests_say_what_is_wrong(api, ids, sample) -> None:
     r = explain(api, image, ids["rocket_crop"], box="0,0,9000,20")
     assert r.status_code == 422 and "does not fit" in r.json()["detail"]
     assert not is_write("POST", "/search/matches")
+    # a picture too small for local features (XFeat's 32 px grid) has none, rather than a server error
+    tiny = explain(api, Image.new("RGB", (16, 16), "red"), ids["rocket_crop"])
+    assert tiny.status_code == 200 and tiny.json()["inliers"] == 0 and not tiny.json()["verified"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from .rerank import MIN_INLIERS, LocalFeatures, mutual_matches
 
+MIN_SIDE = 32  # px: XFeat works on a grid of 32 px cells; a smaller image has no local features (and crashes it)
 RANSAC_THRESHOLD = 6.0  # px, as rerank.count_inliers
 MAX_PAIRS = 400  # enough to draw; beyond this the lines are a blur (the count is still reported)
 
@@ -29,6 +30,11 @@ class Correspondences:
     def verified(self) -> bool:
         """The re-ranker's verdict: enough inliers for the same object or scene."""
         return self.inliers >= MIN_INLIERS
+
+
+def no_features(size: tuple[int, int], dims: int = 64) -> LocalFeatures:
+    """The features of an image too small to have any (see MIN_SIDE)."""
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, dims), np.float32), size)
 
 
 def inlier_mask(pa: np.ndarray, pb: np.ndarray, geometry: str = "homography",

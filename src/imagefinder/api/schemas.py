@@ -231,8 +231,8 @@ class MatchesRequest(BaseModel):
 
 class MatchesResponse(BaseModel):
     result_id: int
-    query_size: tuple[int, int] = Field(..., description="(width, height) of the query image, pixels")
-    result_size: tuple[int, int] = Field(..., description="(width, height) of the result image, pixels")
+    query_size: list[int] = Field(..., description="[width, height] of the query image, pixels")
+    result_size: list[int] = Field(..., description="[width, height] of the result image, pixels")
     box: list[float] | None = Field(None, description="the query region the features were taken from")
     backend: str = Field(..., description="local features: xfeat or orb")
     geometry: str = Field(..., description="the RANSAC model: homography or fundamental")
@@ -240,5 +240,5 @@ class MatchesResponse(BaseModel):
     inliers: int = Field(..., description="matches consistent with one transform")
     min_inliers: int = Field(..., description="inliers needed to count as verified (the re-ranker's threshold)")
     verified: bool = Field(..., description="inliers >= min_inliers: the same object or scene, seen again")
-    pairs: list[tuple[float, float, float, float]] = Field(
-        ..., description="inlier pairs (query x, y, result x, y) in each image's own pixels (at most 400)")
+    pairs: list[list[float]] = Field(
+        ..., description="inlier pairs [query x, y, result x, y] in each image's own pixels (at most 400)")

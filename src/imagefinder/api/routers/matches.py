@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
-from ...explain import correspondences
+from ...explain import MIN_SIDE, correspondences, no_features
 from ...models import ModelUnavailable
 from ...region import BoxError, crop_box
 from ...region import parse_box as region_box
@@ -41,6 +41,9 @@ def _reranker(service: Service) -> SpatialReranker:
 def _indexed(service: Service, reranker: SpatialReranker, image_id: int) -> tuple[LocalFeatures, tuple[int, int]]:
     """Local features of an indexed image (cached in INDEX/local/) and its size in pixels."""
     row = service.live_record(image_id)
+    width, height = int(row.get("width") or 0), int(row.get("height") or 0)
+    if width and height and min(width, height) < MIN_SIDE:
+        return no_features((width, height)), (width, height)
     feats = reranker.cache.get(image_id, row, service.finder.store.thumbnail_path(image_id))
     if feats is None:
         raise HTTPException(404, f"image {image_id}: its image file is no longer readable, so it has no local features")
@@ -63,17 +66,16 @@ def explain(service: Service, result_id: int, image: CheckedImage | None, query_
                 region = crop_box(region, frame, size)
             except BoxError as exc:
                 raise HTTPException(422, str(exc)) from None
-        query = reranker.query_features(region)
+        query = reranker.query_features(region) if min(region.size) >= MIN_SIDE else no_features(region.size)
     else:
         assert query_id is not None
         query, size = _indexed(service, reranker, query_id)
         frame = (0.0, 0.0, float(size[0]), float(size[1]))
     found = correspondences(query, result, frame, result_size, reranker.geometry)
-    return MatchesResponse(result_id=result_id, query_size=size, result_size=result_size, box=box,
+    return MatchesResponse(result_id=result_id, query_size=list(size), result_size=list(result_size), box=box,
                            backend=reranker.extractor.backend, geometry=reranker.geometry, mutual=found.mutual,
                            inliers=found.inliers, min_inliers=MIN_INLIERS, verified=found.verified,
-                           pairs=[(round(float(qx), 1), round(float(qy), 1), round(float(rx), 1), round(float(ry), 1))
-                                  for qx, qy, rx, ry in found.pairs])
+                           pairs=[[round(float(v), 1) for v in p] for p in found.pairs])
 
 
 def _result_id(value: object) -> int:
