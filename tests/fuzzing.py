@@ -498,6 +498,8 @@ OPERATIONS = [
     ("POST", "/search", "multipart/form-data"),
     ("POST", "/search/batch", "application/json"),
     ("POST", "/search/batch", "multipart/form-data"),
+    ("POST", "/search/matches", "application/json"),
+    ("POST", "/search/matches", "multipart/form-data"),
     ("GET", "/images", None),
     ("POST", "/images", "application/json"),
     ("POST", "/images", "multipart/form-data"),

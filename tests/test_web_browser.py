@@ -109,7 +109,7 @@ def page(browser) -> Iterator[object]:
 def screenshot(page, name: str, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=full_page)
+    page.screenshot(path=str(path), full_page=full_page, animations="disabled")
     return path
 
 
@@ -684,3 +684,236 @@ def teardown_module() -> None:
     # keep test-artifacts/ but not an empty one from a skipped run
     if ARTIFACTS.exists() and not any(ARTIFACTS.iterdir()):
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
+
+
+# --- region search and match confidence ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_subjects(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 600x300 PNG: the sample's cat on the left half, its rocket on the right (lossless, so the
+    page's region and a crop made here are the same pixels)."""
+    from imagefinder.sample import photos
+
+    shots = dict(photos())
+    im = Image.new("RGB", (600, 300))
+    im.paste(shots["cat"].resize((300, 300)), (0, 0))
+    im.paste(shots["rocket"].resize((300, 300)), (300, 0))
+    path = tmp_path_factory.mktemp("region") / "cat_and_rocket.png"
+    im.save(path)
+    return path
+
+
+def api_search(api: ServerThread, image: Image.Image, k: int = 10) -> list[dict]:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    r = httpx.post(f"{api.url}/search", params={"k": k},
+                   files={"file": ("crop.png", buf.getvalue(), "image/png")}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+def drag_box(page, fractions: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """Mouse down / move / up over the query picture, from and to these fractions of its shown size."""
+    rect = page.locator("#query-img").bounding_box()
+    assert rect is not None
+    x0, y0 = rect["x"] + fractions[0] * rect["width"], rect["y"] + fractions[1] * rect["height"]
+    x1, y1 = rect["x"] + fractions[2] * rect["width"], rect["y"] + fractions[3] * rect["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+    page.mouse.move(x1, y1, steps=4)
+    page.mouse.up()
+    return (x0 - rect["x"], y0 - rect["y"], x1 - rect["x"], y1 - rect["y"]), rect
+
+
+def shown_region(page) -> list[int]:
+    """The box the page says it searched ("Region WxH px at (X0, Y0)"), as x0, y0, x1, y1.
+    (Chromium hands Playwright no body for a multipart upload, so it is read from the page; the
+    results then prove the API got it, by equalling a search with the cropped picture.)"""
+    page.wait_for_selector("#region-text", state="visible")
+    found = re.fullmatch(r"Region (\d+)×(\d+) px at \((\d+), (\d+)\)", page.inner_text("#region-text"))
+    assert found, page.inner_text("#region-text")
+    w, h, x0, y0 = (int(v) for v in found.groups())
+    return [x0, y0, x0 + w, y0 + h]
+
+
+def test_drag_a_box_searches_that_region_as_the_cropped_image_would(page, web: ServerThread, api: ServerThread,
+                                                                    two_subjects: Path) -> None:
+    page.goto(web.url)
+    page.wait_for_selector("#status[data-state='ok']")
+    page.set_input_files("#file", str(two_subjects))
+    wait_for_results(page, "Most similar")
+    whole = card_ids(page)
+    assert not page.is_visible("#box") and not page.is_visible("#box-clear")
+
+    shown, rect = drag_box(page, (0.56, 0.08, 0.95, 0.92))  # the rocket half
+    box = shown_region(page)
+    # the box is in the image's own pixels (600x300), scaled from the picture's shown size
+    scale = 600 / rect["width"]
+    expected = [round(v * s) for v, s in zip(shown, (scale, 300 / rect["height"]) * 2)]
+    assert all(abs(a - b) <= 1 for a, b in zip(box, expected)), (box, expected)
+    assert rect["width"] < 600, "the preview is shown smaller than the image: the scaling is exercised"
+    wait_for_results(page, "Most similar images (selected region)")
+    wait_for_thumbnails(page)
+    region = card_ids(page)
+    assert page.is_visible("#box") and page.is_visible("#box-clear")
+    assert "Region" in page.inner_text("#region-text")
+
+    # the same results as searching the cropped picture through the API
+    crop = api_search(api, Image.open(two_subjects).crop(tuple(box)))
+    assert region == [r["id"] for r in crop]
+    page_scores = [float(v) for v in page.locator("#grid .card .value").all_inner_texts()]
+    assert page_scores == pytest.approx([r["score"] for r in crop], abs=1e-3)
+    assert all(n.startswith("rocket_") for n in result_names(page)[:5]), result_names(page)
+    assert region != whole
+    screenshot(page, "web-region.png")
+
+    # the shown box sits where it was dragged
+    shown_box = page.locator("#box").bounding_box()
+    assert abs(shown_box["x"] - rect["x"] - shown[0]) <= 2 and abs(shown_box["width"] - (shown[2] - shown[0])) <= 2
+
+    # k kept the region; clearing it searches the whole image again
+    page.click("#box-clear")
+    page.wait_for_function("!document.querySelector('#results-title').textContent.includes('region')")
+    wait_for_results(page, "Most similar")
+    assert card_ids(page) == whole
+    assert not page.is_visible("#box")
+
+    # Escape clears a box too; a tiny drag is refused with a message, not sent
+    drag_box(page, (0.05, 0.1, 0.45, 0.9))  # the cat half
+    wait_for_results(page, "Most similar images (selected region)")
+    assert all(n.startswith("cat_") for n in result_names(page)[:3]), result_names(page)
+    page.keyboard.press("Escape")
+    page.wait_for_function("!document.querySelector('#results-title').textContent.includes('region')")
+    wait_for_results(page, "Most similar")
+    assert card_ids(page) == whole
+
+
+def test_a_region_of_an_indexed_image_for_more_like_this(page, web: ServerThread, api: ServerThread, sample) -> None:
+    page.goto(f"{web.url}/#more=18")
+    wait_for_results(page, "More like")
+    drag_box(page, (0.1, 0.1, 0.7, 0.6))
+    box = shown_region(page)
+    wait_for_results(page, "More like")
+    page.wait_for_function("document.querySelector('#results-title').textContent.includes('region')")
+    original = Image.open(__import__("io").BytesIO(httpx.get(f"{api.url}/images/18").content))
+    w, h = ImageOps.exif_transpose(original).size
+    assert 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
+    assert abs(box[2] - box[0] - 0.6 * w) <= 0.02 * w + 1
+    expected = [r["id"] for r in api_search(api, ImageOps.exif_transpose(original).convert("RGB").crop(tuple(box)), 11)]
+    assert card_ids(page) == [i for i in expected if i != 18][:10]
+
+
+def test_match_strength_and_no_close_match(page, web: ServerThread, sample, tmp_path: Path) -> None:
+    import numpy as np
+
+    _index, query = sample
+    page.goto(web.url)
+    page.wait_for_selector("#status[data-state='ok']")
+    page.set_input_files("#file", str(query))
+    wait_for_results(page, "Most similar")
+    labels = page.locator("#grid .card .match").all_inner_texts()
+    assert labels[0] == "strong match" and set(labels) <= {"strong match", "weak match"}, labels
+    assert not page.is_visible("#no-match")
+    assert page.locator("#grid .card .bar").count() == 10  # cosine: a similarity bar
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(noise)
+    page.set_input_files("#file", str(noise))
+    wait_for_results(page, "Most similar")
+    page.wait_for_selector("#no-match", state="visible")
+    assert page.locator("#grid .card .match").all_inner_texts() == ["weak match"] * 10
+    assert "No close match" in page.inner_text("#no-match")
+    wait_for_thumbnails(page)
+    screenshot(page, "web-no-match.png")
+
+    page.click("text=Euclidean")
+    page.wait_for_function("document.querySelector('#results-meta').textContent.includes('Euclidean')")
+    wait_for_results(page, "Most similar")
+    assert page.locator("#grid .card .bar").count() == 0, "a distance is not drawn as a similarity bar"
+    assert page.locator("#grid .card .what").first.inner_text() == "distance"
+    values = [float(v) for v in page.locator("#grid .card .value").all_inner_texts()]
+    assert values == sorted(values) and values[0] > 1, "distances, lowest (closest) first"
+    page.click("text=Vote")
+    page.wait_for_function("document.querySelector('#results-meta').textContent.includes('vote')")
+    wait_for_results(page, "Most similar")
+    assert page.locator("#grid .card .bar").count() == 0, "a rank-fusion score is not a similarity bar"
+    assert page.locator("#grid .card .what").first.inner_text() == "rank score"
+
+
+def test_phone_region_drag_and_no_close_match(browser, web: ServerThread, two_subjects: Path) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(web.url)
+        page.wait_for_selector("#status[data-state='ok']")
+        page.set_input_files("#file", str(two_subjects))
+        wait_for_results(page, "Most similar")
+        drag_box(page, (0.56, 0.08, 0.95, 0.92))
+        wait_for_results(page, "Most similar images (selected region)")
+        wait_for_visible_thumbnails(page)
+        assert all(n.startswith("rocket_") for n in result_names(page)[:3]), result_names(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        screenshot(page, "web-region-phone.png", full_page=False)
+    finally:
+        context.close()
+
+
+def test_why_this_match_draws_the_shared_points(page, web: ServerThread, api: ServerThread, two_subjects: Path) -> None:
+    page.goto(web.url)
+    page.wait_for_selector("#status[data-state='ok']")
+    page.set_input_files("#file", str(two_subjects))
+    wait_for_results(page, "Most similar")
+    drag_box(page, (0.52, 0.02, 0.98, 0.98))
+    wait_for_results(page, "Most similar images (selected region)")
+    box = shown_region(page)
+    first = page.locator("#grid .card").first
+    result_id, name = int(first.get_attribute("data-id")), first.locator(".name").inner_text()
+    assert name.startswith("rocket_")
+    first.locator(".why").click()
+    page.wait_for_selector("#why-canvas[data-lines]")
+    # what the page drew is the API's answer for the same query region and result
+    with two_subjects.open("rb") as f:
+        answer = httpx.post(f"{api.url}/search/matches", data={"result_id": str(result_id), "box": ",".join(map(str, box))},
+                            files={"file": ("q.png", f.read(), "image/png")}, timeout=120).json()
+    assert answer["verified"]
+    assert int(page.get_attribute("#why-canvas", "data-points")) == len(answer["pairs"]) > 0
+    assert int(page.get_attribute("#why-canvas", "data-lines")) == min(80, len(answer["pairs"]))
+    assert page.get_attribute("#why-dialog", "data-verified") == "true"
+    assert f"{answer['inliers']} points" in page.inner_text("#why-text")
+    # lines in colour were drawn over the pictures (not a blank canvas)
+    coloured = page.evaluate("""() => { const c = document.querySelector('#why-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0) n++; return n / (c.width * c.height); }""")
+    assert coloured > 0.5
+    screenshot(page, "web-why.png", full_page=False)
+
+    # a result that is not the same thing: the dialog says it is not verified
+    page.click("#why-dialog .close")
+    weak = page.locator("#grid .card:has(.match[data-match='weak'])").last
+    weak.locator(".why").click()
+    page.wait_for_selector("#why-dialog[data-verified='false'] #why-canvas[data-lines]")
+    assert page.inner_text("#why-text").startswith("Not verified")
+
+
+def test_phone_why_this_match(browser, web: ServerThread, sample) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{web.url}/#more=18")
+        wait_for_results(page, "More like")
+        page.locator("#grid .card").first.locator(".why").click()
+        page.wait_for_selector("#why-canvas[data-lines]")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        canvas = page.locator("#why-canvas").bounding_box()
+        assert canvas["width"] <= 375 and canvas["height"] > canvas["width"], "stacked: query above, result below"
+        screenshot(page, "web-why-phone.png", full_page=False)
+    finally:
+        context.close()

@@ -1,7 +1,7 @@
 """Write access control for the API: an ASGI middleware applying `imagefinder.access` to every write.
 
-A write is any request that is not GET/HEAD/OPTIONS, except the searches (POST /search and
-/search/batch read only). Classifying by method rather than by route means a mutating route
+A write is any request that is not GET/HEAD/OPTIONS, except the searches (POST /search,
+/search/batch and /search/matches read only). Classifying by method rather than by route means a mutating route
 added later is protected without anyone remembering to protect it. Refusals are the API's
 usual JSON `{"detail": ...}`, 401 with `WWW-Authenticate: Bearer` or 403.
 """
@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..access import SAFE_METHODS, AccessDenied, WritePolicy, WriteRequest, check_write
 from .settings import Settings
 
-READ_ONLY_POSTS = frozenset({"/search", "/search/batch"})
+READ_ONLY_POSTS = frozenset({"/search", "/search/batch", "/search/matches"})
 
 
 def policy_of(settings: Settings) -> WritePolicy:

@@ -19,7 +19,7 @@ from .. import __version__
 from ..finder import ImageFinder
 from .access import WriteAccess, policy_of
 from .errors import install_error_handlers
-from .routers import browse, images, search, status
+from .routers import browse, images, matches, search, status
 from .sample_index import resolve_index
 from .service import Service
 from .settings import Settings
@@ -87,6 +87,6 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)
     install_error_handlers(app)
-    for module in (search, browse, images, status):
+    for module in (search, matches, browse, images, status):
         app.include_router(module.router)
     return app

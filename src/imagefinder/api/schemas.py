@@ -206,3 +206,39 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(..., description="what was wrong and what to do about it")
+
+
+class MatchesRequest(BaseModel):
+    """Why a result matched a query given by URL or by the id of an indexed image."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"result_id": 7, "id": 16}]})
+
+    result_id: int = Field(..., ge=0, le=MAX_ID, description="the result to explain (an indexed image's id)")
+    url: str | None = Field(None, max_length=MAX_URL, description="http(s) URL of the query image")
+    id: int | None = Field(None, ge=0, le=MAX_ID, description="id of an indexed image used as the query")
+    box: list[float] | None = Field(None, min_length=4, max_length=4,
+                                    description="the region of the query image that was searched: [x0, y0, x1, y1]; "
+                                                "not with 'id'")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> MatchesRequest:
+        if (self.url is None) == (self.id is None):
+            raise ValueError("give exactly one of 'url' (an image URL) or 'id' (an indexed image)")
+        if self.box is not None and self.id is not None:
+            raise ValueError("'box' selects a region of a query image: use it with 'url' or an upload, not 'id'")
+        return self
+
+
+class MatchesResponse(BaseModel):
+    result_id: int
+    query_size: list[int] = Field(..., description="[width, height] of the query image, pixels")
+    result_size: list[int] = Field(..., description="[width, height] of the result image, pixels")
+    box: list[float] | None = Field(None, description="the query region the features were taken from")
+    backend: str = Field(..., description="local features: xfeat or orb")
+    geometry: str = Field(..., description="the RANSAC model: homography or fundamental")
+    mutual: int = Field(..., description="mutual-nearest-neighbour descriptor matches before RANSAC")
+    inliers: int = Field(..., description="matches consistent with one transform")
+    min_inliers: int = Field(..., description="inliers needed to count as verified (the re-ranker's threshold)")
+    verified: bool = Field(..., description="inliers >= min_inliers: the same object or scene, seen again")
+    pairs: list[list[float]] = Field(
+        ..., description="inlier pairs [query x, y, result x, y] in each image's own pixels (at most 400)")

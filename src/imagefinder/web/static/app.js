@@ -18,6 +18,8 @@
     add: $("#add"), addOpen: $("#add-open"), addClose: $("#add-close"), addDrop: $("#add-drop"), addFiles: $("#add-files"),
     addFolder: $("#add-folder"), addUrlForm: $("#add-url-form"), addUrls: $("#add-urls"), addList: $("#add-list"),
     addSummary: $("#add-summary"), tokenKept: $("#token-kept"), tokenForget: $("#token-forget"),
+    crop: $("#crop"), box: $("#box"), boxClear: $("#box-clear"), regionText: $("#region-text"), noMatch: $("#no-match"),
+    whyDialog: $("#why-dialog"), whyText: $("#why-text"), whyCanvas: $("#why-canvas"), whyTitle: $("#why-title"),
     tokenDialog: $("#token-dialog"), tokenWhy: $("#token-why"), tokenInput: $("#token-input"), tokenCancel: $("#token-cancel"),
   };
   const state = {
@@ -291,6 +293,7 @@
     const seq = ++state.seq;
     el.collection.hidden = true;
     el.pager.hidden = true;
+    el.noMatch.hidden = true;
     el.browseBack.hidden = false;
     document.title = `${query.label} · ${PAGE_TITLE}`;
     const k = Number(el.k.value);
@@ -301,20 +304,14 @@
     renderSkeleton(k);
     // An image-id search finds the image itself first: ask for one more and leave it out.
     const params = new URLSearchParams({ k: String(query.type === "id" ? k + 1 : k), metric: m });
-    let options;
-    if (query.type === "upload") {
-      const form = new FormData();
-      form.append("file", query.file, query.file.name || "pasted-image.png");
-      options = { method: "POST", body: form };
-    } else {
-      const body = query.type === "url" ? { url: query.url } : { id: query.id };
-      options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-    }
+    showBox();
     try {
-      const data = await request(`search?${params}`, options);
+      const data = await request(`search?${params}`, await searchOptions(query));
       if (seq !== state.seq) return; // a newer search replaced this one
       let results = data.results;
       if (query.type === "id") results = results.filter((r) => r.id !== query.id).slice(0, k);
+      // The image's own pixel size, which a box is given in (the API's decoded, upright size).
+      if (data.query && data.query.width && data.query.height && !query.size) query.size = [data.query.width, data.query.height];
       renderResults(results, data, m, query);
     } catch (err) {
       if (seq !== state.seq) return;
@@ -326,6 +323,128 @@
       if (seq === state.seq) setBusy(false);
     }
   }
+
+  // The request body of a search. A region (query.box) is sent as the API's `box`, in pixels of
+  // the query image; the API takes a box with an upload or a URL, so for an indexed image the
+  // page sends the original image's bytes as an upload.
+  // `extra`: more fields for the request (result_id for "why this match").
+  async function searchOptions(query, extra = {}) {
+    const box = query.box ? query.box.join(",") : null;
+    if (query.type === "upload" || (box && query.type === "id")) {
+      const file = query.type === "upload" ? query.file : await originalOf(query);
+      const form = new FormData();
+      form.append("file", file, file.name || "pasted-image.png");
+      if (box) form.append("box", box);
+      Object.entries(extra).forEach(([name, value]) => form.append(name, String(value)));
+      return { method: "POST", body: form };
+    }
+    const body = { ...(query.type === "url" ? { url: query.url } : { id: query.id }), ...extra };
+    if (box) body.box = query.box;
+    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+
+  async function originalOf(query) {
+    if (query.original) return query.original;
+    let response;
+    try { response = await fetch(originalUrl(query.id)); } catch (err) { response = null; }
+    if (!response || !response.ok) {
+      throw new UserError("Cannot search a region of this image",
+        `The original of image #${query.id} is not available from the server, so only the whole image can be searched.`);
+    }
+    const blob = await response.blob();
+    query.original = new File([blob], `image-${query.id}`, { type: blob.type });
+    return query.original;
+  }
+
+  // ---- region: a box dragged on the query picture ------------------------------------------
+
+  // The size a box is measured in: the API's answer for this query, else what the browser decoded
+  // (an id query's preview is a thumbnail: its original size comes from /images/ID/info).
+  async function imageSize(query) {
+    if (query.size) return query.size;
+    if (query.type === "id") {
+      const info = await request(`images/${query.id}/info`);
+      if (info.width && info.height) query.size = [info.width, info.height];
+      return query.size || null;
+    }
+    const img = el.queryImg;
+    return img.naturalWidth ? [img.naturalWidth, img.naturalHeight] : null;
+  }
+
+  const MIN_BOX = 8; // image pixels per side: the API refuses a smaller region
+
+  function showBox() {
+    const query = state.query;
+    const box = query && query.box;
+    el.boxClear.hidden = !box;
+    el.regionText.hidden = !box;
+    if (!box || !query.size || !el.queryImg.clientWidth) { el.box.hidden = true; return; }
+    const [w, h] = query.size;
+    const sx = el.queryImg.clientWidth / w, sy = el.queryImg.clientHeight / h;
+    Object.assign(el.box.style, { left: `${box[0] * sx}px`, top: `${box[1] * sy}px`,
+      width: `${(box[2] - box[0]) * sx}px`, height: `${(box[3] - box[1]) * sy}px` });
+    el.box.hidden = false;
+    el.regionText.textContent = `Region ${box[2] - box[0]}×${box[3] - box[1]} px at (${box[0]}, ${box[1]})`;
+  }
+
+  const drag = { start: null, moved: false, pointer: null };
+
+  function pointOf(e) {
+    const r = el.queryImg.getBoundingClientRect();
+    return [Math.max(0, Math.min(r.width, e.clientX - r.left)), Math.max(0, Math.min(r.height, e.clientY - r.top))];
+  }
+
+  function drawDrag(a, b) {
+    Object.assign(el.box.style, { left: `${Math.min(a[0], b[0])}px`, top: `${Math.min(a[1], b[1])}px`,
+      width: `${Math.abs(a[0] - b[0])}px`, height: `${Math.abs(a[1] - b[1])}px` });
+    el.box.hidden = false;
+  }
+
+  el.crop.addEventListener("pointerdown", (e) => {
+    if (!state.query || e.button !== 0 || !el.queryImg.clientWidth) return;
+    e.preventDefault();
+    drag.start = pointOf(e);
+    drag.moved = false;
+    drag.pointer = e.pointerId;
+    el.crop.setPointerCapture(e.pointerId);
+  });
+  el.crop.addEventListener("pointermove", (e) => {
+    if (!drag.start || e.pointerId !== drag.pointer) return;
+    const p = pointOf(e);
+    if (Math.abs(p[0] - drag.start[0]) + Math.abs(p[1] - drag.start[1]) > 4) drag.moved = true;
+    if (drag.moved) drawDrag(drag.start, p);
+  });
+  el.crop.addEventListener("pointercancel", () => { drag.start = null; showBox(); });
+  el.crop.addEventListener("pointerup", async (e) => {
+    if (!drag.start || e.pointerId !== drag.pointer) return;
+    const a = drag.start, b = pointOf(e);
+    drag.start = null;
+    if (!drag.moved) return; // a click: the drop zone's own click picks another image
+    const query = state.query;
+    const size = await imageSize(query).catch(() => null);
+    if (!size || query !== state.query) { showBox(); return; }
+    const sx = size[0] / el.queryImg.clientWidth, sy = size[1] / el.queryImg.clientHeight;
+    const box = [Math.round(Math.min(a[0], b[0]) * sx), Math.round(Math.min(a[1], b[1]) * sy),
+      Math.round(Math.max(a[0], b[0]) * sx), Math.round(Math.max(a[1], b[1]) * sy)];
+    box[2] = Math.min(box[2], size[0]);
+    box[3] = Math.min(box[3], size[1]);
+    if (box[2] - box[0] < MIN_BOX || box[3] - box[1] < MIN_BOX) {
+      showBox();
+      showError(new UserError("That region is too small", `Drag a box at least ${MIN_BOX}×${MIN_BOX} pixels of the image.`));
+      return;
+    }
+    search({ ...query, box });
+  });
+  // A drag is not a click: it must not open the file chooser.
+  el.crop.addEventListener("click", (e) => { if (drag.moved) { e.stopPropagation(); drag.moved = false; } });
+
+  function clearBox() {
+    if (state.query && state.query.box) search({ ...state.query, box: null });
+  }
+  el.boxClear.addEventListener("click", (e) => { e.stopPropagation(); clearBox(); });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.query && state.query.box) clearBox(); });
+  el.queryImg.addEventListener("load", showBox);
+  window.addEventListener("resize", showBox);
 
   // ---- rendering -----------------------------------------------------------------------------
 
@@ -421,9 +540,26 @@
       scoreEl.remove();
     } else {
       rankEl.textContent = `#${rank}`;
-      card.querySelector(".bar i").style.width = `${Math.round(width * 100)}%`;
-      scoreEl.title = `${metricInfo(m)[1]}: ${r.score}`;
+      // A bar reads as "how similar": only cosine is a similarity on a fixed scale. A Euclidean
+      // distance is shown as a distance (lower is closer), a rank-fusion score as a plain number.
+      const bar = card.querySelector(".bar");
+      if (m === "cosine") bar.querySelector("i").style.width = `${Math.round(width * 100)}%`; else bar.remove();
+      card.querySelector(".what").textContent = m === "euclidean" ? "distance" : m === "cosine" ? "" : "rank score";
+      scoreEl.title = m === "euclidean" ? `Euclidean distance (lower is closer): ${r.score}`
+        : m === "cosine" ? `cosine similarity: ${r.score}` : `${metricInfo(m)[1]} rank-fusion score (higher is closer; not a similarity): ${r.score}`;
       card.querySelector(".value").textContent = formatScore(score, m);
+      const why = card.querySelector(".why");
+      why.hidden = false;
+      why.title = `Why this match: the points ${name} shares with the query`;
+      why.setAttribute("aria-label", `Why ${name} matches`);
+      why.addEventListener("click", () => explainMatch(r, name));
+      const match = card.querySelector(".match");
+      if (r.match) {
+        match.dataset.match = r.match;
+        match.textContent = r.match === "strong" ? "strong match" : "weak match";
+        match.title = r.match === "strong" ? "Very likely the same object or scene"
+          : "Only the nearest there is: probably not the same object or scene";
+      }
     }
     card.querySelector(".dims").textContent = r.width && r.height ? `${r.width}×${r.height}` : "";
     const open = card.querySelector(".open");
@@ -435,6 +571,9 @@
   function renderResults(results, data, m, query) {
     const widths = barWidths(results, m);
     el.title.textContent = query.type === "id" ? `More like ${query.label}` : "Most similar images";
+    if (query.box) el.title.textContent += " (selected region)";
+    // Every result weak: the collection holds nothing close; say so rather than let rank #1 look like a find.
+    el.noMatch.hidden = !(results.length && results.every((r) => r.match === "weak"));
     const what = metricInfo(m)[1];
     el.meta.textContent = `${results.length} of ${data.indexed.toLocaleString()} images · ${what} · ${Math.round(data.took_ms)} ms`;
     if (!results.length) {
@@ -443,6 +582,95 @@
     }
     el.grid.replaceChildren(...results.map((r, i) => makeCard(r, { rank: i + 1, score: r.score, width: widths[i], m })));
     el.hint.hidden = false;
+  }
+
+  // ---- why this match: the points a result shares with the query --------------------------------
+
+  function loadImage(src) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.addEventListener("load", () => resolve(img));
+      img.addEventListener("error", () => reject(new Error(`cannot load ${src}`)));
+      img.src = src;
+    });
+  }
+
+  async function explainMatch(r, name) {
+    const query = state.query;
+    if (!query) return;
+    el.whyTitle.textContent = `Why ${name} matches`;
+    el.whyText.textContent = "Finding the points the two pictures share…";
+    el.whyCanvas.hidden = true;
+    delete el.whyCanvas.dataset.lines;
+    if (!el.whyDialog.open) el.whyDialog.showModal();
+    try {
+      const [data, result] = await Promise.all([
+        searchOptions(query, { result_id: r.id }).then((options) => request("search/matches", options)),
+        loadImage(originalUrl(r.id)).catch(() => loadImage(thumbUrl(r.id))),
+      ]);
+      if (query !== state.query || !el.whyDialog.open) return;
+      drawMatches(data, el.queryImg, result);
+      const where = query.box ? "the selected region of the query" : "the query";
+      el.whyText.textContent = data.verified
+        ? `${data.inliers} points of ${where} and ${name} line up under one view of the same thing `
+          + `(${data.mutual} similar points found; ${data.min_inliers} in line count as verified).`
+        : `Not verified: only ${data.inliers} of ${data.mutual} similar points line up (verification needs `
+          + `${data.min_inliers}), so the likeness is in the overall look, not the same object or scene.`;
+      el.whyDialog.dataset.verified = String(data.verified);
+    } catch (err) {
+      if (query !== state.query) return;
+      el.whyText.textContent = `${err.title || "Something went wrong"}: ${err.message}`;
+    }
+  }
+
+  const MAX_LINES = 80;
+
+  // The two pictures side by side (one above the other on a narrow screen), a line per pair.
+  function drawMatches(data, queryImg, resultImg) {
+    const canvas = el.whyCanvas;
+    const stacked = el.whyDialog.clientWidth < 560;
+    const room = Math.max(240, canvas.parentElement.clientWidth);
+    const gap = 12;
+    const [qw, qh] = data.query_size, [rw, rh] = data.result_size;
+    // a common height side by side, a common width stacked
+    const s = stacked ? [room / qw, room / rw] : (() => { const h = Math.min(360, (room - gap) / (qw / qh + rw / rh)); return [h / qh, h / rh]; })();
+    const q = { x: 0, y: 0, w: qw * s[0], h: qh * s[0] };
+    const res = stacked ? { x: 0, y: q.h + gap, w: rw * s[1], h: rh * s[1] } : { x: q.w + gap, y: 0, w: rw * s[1], h: rh * s[1] };
+    const width = stacked ? Math.max(q.w, res.w) : res.x + res.w, height = stacked ? res.y + res.h : Math.max(q.h, res.h);
+    const dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(width * dpr);
+    canvas.height = Math.round(height * dpr);
+    canvas.style.aspectRatio = `${width} / ${height}`;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    if (queryImg.naturalWidth) ctx.drawImage(queryImg, q.x, q.y, q.w, q.h); // (a URL's picture may not have loaded)
+    ctx.drawImage(resultImg, res.x, res.y, res.w, res.h);
+    if (data.box) { // the searched region, outlined on the whole query
+      const [x0, y0, x1, y1] = data.box;
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x0 * s[0], y0 * s[0], (x1 - x0) * s[0], (y1 - y0) * s[0]);
+    }
+    // Every matched point as a dot; lines for an even sample of them (hundreds of lines are a blur).
+    ctx.fillStyle = "#ffd34d";
+    data.pairs.forEach(([ax, ay, bx, by]) => {
+      ctx.fillRect(q.x + ax * s[0] - 1.5, q.y + ay * s[0] - 1.5, 3, 3);
+      ctx.fillRect(res.x + bx * s[1] - 1.5, res.y + by * s[1] - 1.5, 3, 3);
+    });
+    const step = Math.max(1, data.pairs.length / MAX_LINES);
+    const drawn = data.pairs.filter((_, i) => i % step < 1);
+    ctx.lineWidth = 1.4;
+    drawn.forEach(([ax, ay, bx, by], i) => {
+      ctx.strokeStyle = `hsla(${(i * 47) % 360}, 90%, 55%, .85)`;
+      ctx.beginPath();
+      ctx.moveTo(q.x + ax * s[0], q.y + ay * s[0]);
+      ctx.lineTo(res.x + bx * s[1], res.y + by * s[1]);
+      ctx.stroke();
+    });
+    canvas.dataset.lines = String(drawn.length);
+    canvas.dataset.points = String(data.pairs.length);
+    canvas.hidden = false;
   }
 
   // ---- the collection: newest first, page by page, filtered ------------------------------------
@@ -460,6 +688,7 @@
     document.title = PAGE_TITLE;
     el.collection.hidden = false;
     el.browseBack.hidden = true;
+    el.noMatch.hidden = true;
     el.filterClear.hidden = !b.prefix && !b.where.length;
     if (!el.filterClear.hidden) el.filterBox.open = true;
     const params = new URLSearchParams({ offset: String(b.offset), limit: String(b.limit) });
