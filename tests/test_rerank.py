@@ -76,3 +76,15 @@ def test_finder_search_with_rerank_and_qe(tiny) -> None:
     results = finder.search(query, k=3, rerank=3, qe=1)
     assert results[0].id == ids["ukbench00000.jpg"]
     assert [r.rank for r in results] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tiny_query_has_no_local_features_and_reranks_nothing(tiny, backend: str) -> None:
+    # XFeat works on 32 px cells: a 20x20 query crashed it (ZeroDivisionError) before
+    finder, _, ids = tiny
+    reranker = SpatialReranker(finder.path, backend=backend, threads=2)
+    features = reranker.query_features(Image.new("RGB", (20, 20), (200, 30, 30)))
+    assert len(features.keypoints) == 0
+    hits = [Hit(ids["ukbench00100.jpg"], 0.9), Hit(ids["ukbench00000.jpg"], 0.5)]
+    out = reranker.rerank(features, hits, finder.store, top=2, budget_s=None)
+    assert [(h.id, h.score) for h in out] == [(h.id, h.score) for h in hits]

@@ -108,8 +108,7 @@ def test_a_box_maps_points_into_the_whole_query(api, ids, sample) -> None:
 
 
 def test_an_indexed_query_by_id_and_the_counts_agree_with_the_reranker(api, ids, sample) -> None:
-    from imagefinder.explain import inlier_mask
-    from imagefinder.rerank import LocalExtractor, count_inliers, mutual_matches
+    from imagefinder.rerank import LocalExtractor, count_inliers, inlier_mask, mutual_matches
 
     r = httpx.post(f"{api.url}/search/matches", json={"result_id": ids["rocket_mirror"], "id": ids["rocket_original"]},
                    timeout=120)

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rerank import MIN_INLIERS, LocalFeatures, mutual_matches
+from .rerank import MIN_INLIERS, LocalFeatures, inlier_mask, mutual_matches
 
-MIN_SIDE = 32  # px: XFeat works on a grid of 32 px cells; a smaller image has no local features (and crashes it)
-RANSAC_THRESHOLD = 6.0  # px, as rerank.count_inliers
 MAX_PAIRS = 400  # enough to draw; beyond this the lines are a blur (the count is still reported)
 
 
@@ -30,30 +28,6 @@ class Correspondences:
     def verified(self) -> bool:
         """The re-ranker's verdict: enough inliers for the same object or scene."""
         return self.inliers >= MIN_INLIERS
-
-
-def no_features(size: tuple[int, int], dims: int = 64) -> LocalFeatures:
-    """The features of an image too small to have any (see MIN_SIDE)."""
-    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, dims), np.float32), size)
-
-
-def inlier_mask(pa: np.ndarray, pb: np.ndarray, geometry: str = "homography",
-                threshold: float = RANSAC_THRESHOLD) -> np.ndarray:
-    """Which matched points fit one RANSAC transform (all False below the minimal sample).
-    Its sum is rerank.count_inliers(pa, pb, geometry) - tests/test_why_match.py holds them equal."""
-    import cv2
-
-    none = np.zeros(len(pa), bool)
-    if len(pa) < max(4 if geometry == "homography" else 8, MIN_INLIERS // 2):
-        return none
-    try:
-        if geometry == "homography":
-            _, mask = cv2.findHomography(pa, pb, cv2.USAC_MAGSAC, threshold, maxIters=2000, confidence=0.999)
-        else:
-            _, mask = cv2.findFundamentalMat(pa, pb, cv2.USAC_MAGSAC, threshold / 2, 0.999, 2000)
-    except cv2.error:
-        return none
-    return mask.ravel().astype(bool) if mask is not None else none
 
 
 def to_pixels(points: np.ndarray, features_size: tuple[int, int], frame: tuple[float, float, float, float]) -> np.ndarray:

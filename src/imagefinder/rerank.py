@@ -49,6 +49,9 @@ BACKENDS = ("xfeat", "orb")
 GEOMETRIES = ("homography", "fundamental")
 
 
+MIN_SIDE = 32  # px: XFeat works on a grid of 32 px cells; a smaller image has no local features (and crashes it)
+
+
 @dataclass
 class LocalFeatures:
     keypoints: np.ndarray  # (K, 2) float32, pixel coordinates of the image as extracted
@@ -126,6 +129,8 @@ class LocalExtractor:
         arr = np.asarray(img)
         with self._lock:
             if self.backend == "xfeat":
+                if min(img.size) < MIN_SIDE:
+                    return no_features(img.size)
                 x = self._torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float()
                 out = self._net.detectAndCompute(x, top_k=self.top_k)[0]
                 return LocalFeatures(out["keypoints"].numpy().astype(np.float32),
@@ -137,6 +142,11 @@ class LocalExtractor:
             if desc is None:
                 return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), img.size)
             return LocalFeatures(np.array([k.pt for k in kps], np.float32), desc, img.size)
+
+
+def no_features(size: tuple[int, int], dims: int = 64) -> LocalFeatures:
+    """The features of an image too small to have any (see MIN_SIDE)."""
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, dims), np.float32), size)
 
 
 def _quiet(fn):
@@ -200,21 +210,26 @@ def mutual_matches_many(a: LocalFeatures, others: list[LocalFeatures], min_sim: 
     return out
 
 
-def count_inliers(pa: np.ndarray, pb: np.ndarray, geometry: str = "homography", threshold: float = 6.0) -> int:
-    """RANSAC inliers of one transform between matched points (0 below the minimal sample)."""
+def inlier_mask(pa: np.ndarray, pb: np.ndarray, geometry: str = "homography", threshold: float = 6.0) -> np.ndarray:
+    """Which matched points fit one RANSAC transform (all False below the minimal sample)."""
     import cv2
 
-    need = 4 if geometry == "homography" else 8
-    if len(pa) < max(need, MIN_INLIERS // 2):
-        return 0
+    none = np.zeros(len(pa), bool)
+    if len(pa) < max(4 if geometry == "homography" else 8, MIN_INLIERS // 2):
+        return none
     try:
         if geometry == "homography":
             _, mask = cv2.findHomography(pa, pb, cv2.USAC_MAGSAC, threshold, maxIters=2000, confidence=0.999)
         else:
             _, mask = cv2.findFundamentalMat(pa, pb, cv2.USAC_MAGSAC, threshold / 2, 0.999, 2000)
     except cv2.error:
-        return 0
-    return int(mask.sum()) if mask is not None else 0
+        return none
+    return mask.ravel().astype(bool) if mask is not None else none
+
+
+def count_inliers(pa: np.ndarray, pb: np.ndarray, geometry: str = "homography", threshold: float = 6.0) -> int:
+    """RANSAC inliers of one transform between matched points (0 below the minimal sample)."""
+    return int(inlier_mask(pa, pb, geometry, threshold).sum())
 
 
 class LocalCache:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
-from ...explain import MIN_SIDE, correspondences, no_features
+from ...explain import correspondences
 from ...models import ModelUnavailable
 from ...region import BoxError, crop_box
 from ...region import parse_box as region_box
-from ...rerank import MIN_INLIERS, LocalFeatures, SpatialReranker
+from ...rerank import MIN_INLIERS, MIN_SIDE, LocalFeatures, SpatialReranker, no_features
 from ..errors import ERRORS
 from ..params import json_body, media_type, openapi_body, parse_box
 from ..schemas import MatchesRequest, MatchesResponse
