@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 API_PORT ?= 8000
 WEB_PORT ?= 5000
-INDEX ?=
+# `make run` serves the index `make demo` built when there is one (else the sample, built into the user cache)
+INDEX ?= $(if $(wildcard sample/index/manifest.json),sample/index,)
 
 .PHONY: setup demo test test-fast check run serve-api serve-web bench-api container-test lint lock audit clean
 

@@ -4,8 +4,9 @@ All on 127.0.0.1: the good images (UKBench) from a threaded HTTP server, and a r
 whose /trickle.jpg sends its headers and then one byte every 2 s, and whose /silent.jpg sends
 its headers and then nothing (both for up to 10 minutes). Each run is `build_index` over a
 list file, with a fresh download cache, a warm model and `DownloadConfig(timeout=T)`; a slow
-URL ends at its fetch deadline (3 x T: the trickle never lets a read time out, the silent one
-is retried until the deadline). The run's floor is therefore max(the good work, 3 x T).
+URL ends after about one timeout T: the trickle is given up once it has streamed for T below
+1 KB/s (it never lets a read time out), the silent one at its read timeout (a body that stalls is
+not retried). The run's floor is therefore max(the good work, T).
 
     python benchmarks/slow_urls.py --timeout 20 --timeout 5     # prints one JSON object per run
     python benchmarks/slow_urls.py --spread                     # trickle first, silent one in the middle

@@ -115,6 +115,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/slow/"):
             time.sleep(2)
             self._send(200, JPEG, "image/jpeg")
+        elif path.startswith("/stall-body/"):  # answers, sends a little, then goes silent
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(JPEG)))
+            self.end_headers()
+            self.wfile.write(JPEG[:64])
+            self.wfile.flush()
+            time.sleep(2)
         elif path == "/html":
             self._send(200, HTML, "text/html; charset=utf-8")
         elif path == "/fake.jpg":
@@ -430,6 +438,19 @@ def test_slow_server_times_out_within_wall_clock_cap(
     assert result.error == "timeout after 0.5s"
     assert elapsed < 3 * config.timeout + 0.5  # per-URL cap of 3x timeout (+ slack)
     assert 1 <= server.state.count(path) <= 3  # retried, but the cap stopped it
+    assert _cache_files(tmp_path) == []
+
+
+def test_a_body_that_stalls_is_not_retried(
+    server: _Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # A peer slow to answer is tried again (above); one that answered and then went silent for a
+    # whole timeout is given up at once instead of holding a worker until the deadline.
+    path = _unique("/stall-body/", request)
+    config = DownloadConfig(cache_dir=tmp_path, timeout=0.5)
+    result = fetch(server.url(path), config)
+    assert result.error == "timeout after 0.5s"
+    assert server.state.count(path) == 1
     assert _cache_files(tmp_path) == []
 
 

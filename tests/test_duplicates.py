@@ -77,3 +77,117 @@ def test_cli_duplicates_json_on_an_index_and_on_a_folder(planted, cli) -> None:
         assert [{Path(s).name for s in g["sources"]} for g in out["exact"]] == [{"ukbench00000.jpg", "copy.jpg"}]
     proc = cli("duplicates", folder / "nope")
     assert proc.returncode == 2 and "not an index directory" in proc.stderr
+
+
+# --- what people do to copies of real photos (paris266 landmarks) ---------------------------
+
+PARIS = Path(__file__).resolve().parents[2] / "shared/data/paris266/images"
+
+
+def _paris(name: str) -> Image.Image:
+    if not (PARIS / name).is_file():
+        pytest.skip(f"paris266 benchmark data not found at {PARIS}")
+    return Image.open(PARIS / name).convert("RGB")
+
+
+def _captioned(img: Image.Image) -> Image.Image:
+    """A white box with text over 8% of the picture, as a watermark or caption stamps it."""
+    from PIL import ImageDraw
+
+    out = img.copy()
+    w, h = out.size
+    bw, bh = round(w * 0.45), round(h * 0.18)
+    ImageDraw.Draw(out).rectangle((w // 3, h // 2, w // 3 + bw, h // 2 + bh), fill=(255, 255, 255))
+    ImageDraw.Draw(out).text((w // 3 + 10, h // 2 + bh // 3), "(c) someone 2026", fill=(0, 0, 0))
+    return out
+
+
+def _index(folder: Path, embedder, tmp_path_factory: pytest.TempPathFactory):
+    from imagefinder import build_index
+    from imagefinder.index import Store
+
+    report = build_index([str(folder)], tmp_path_factory.mktemp("paris-index") / "index", embedder=embedder, workers=2)
+    return Store(report.path)
+
+
+@pytest.fixture(scope="module")
+def edited(embedder, tmp_path_factory: pytest.TempPathFactory):
+    """A Louvre photo, its mirror image, a captioned copy and a 85% crop; a second Invalides photo
+    and, turned by 90 degrees, it and a lookalike (another photo of the same building)."""
+    folder = tmp_path_factory.mktemp("paris-edits")
+    louvre = _paris("paris_louvre_000013.jpg")
+    louvre.save(folder / "louvre.jpg", quality=92)
+    louvre.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "louvre-mirror.jpg", quality=90)
+    _captioned(louvre).save(folder / "louvre-caption.jpg", quality=90)
+    w, h = louvre.size
+    louvre.crop((w // 10, h // 20, w // 10 + round(w * 0.85), h // 20 + round(h * 0.85))).save(
+        folder / "louvre-crop.jpg", quality=90)
+    for n in ("85", "86"):
+        img = _paris(f"paris_invalides_0000{n}.jpg")
+        img.save(folder / f"invalides{n}.jpg", quality=92)
+        img.transpose(Image.Transpose.ROTATE_90).save(folder / f"invalides{n}-turned.jpg", quality=90)
+    store = _index(folder, embedder, tmp_path_factory)
+    yield folder, store
+    store.close()
+
+
+def _ids(store) -> dict[str, int]:
+    return {Path(s).name: i for s, i in store.ids_by_source().items()}
+
+
+def test_mirrored_and_captioned_copies_are_near_duplicates(edited) -> None:
+    _, store = edited
+    near = [_names(g) for g in find_duplicates(store)["near"]]
+    louvre = {"louvre.jpg", "louvre-mirror.jpg", "louvre-caption.jpg", "louvre-crop.jpg"}
+    assert louvre in near, near
+    assert any({"invalides85.jpg", "invalides85-turned.jpg"} <= g for g in near), "a copy turned by 90 degrees"
+
+
+def test_a_lookalike_is_not_grouped_with_a_copy(edited) -> None:
+    """invalides86 is another photo of the same front; turned like invalides85's copy, the old
+    pixel check scored the two turned photos 0.91 (>= its 0.898 threshold) and grouped them."""
+    _, store = edited
+    for g in find_duplicates(store)["near"]:
+        names = _names(g)
+        assert not ({"invalides85.jpg", "invalides85-turned.jpg"} & names
+                    and {"invalides86.jpg", "invalides86-turned.jpg"} & names), names
+
+
+def test_pixel_check_is_symmetric_whatever_the_indexing_order(edited, embedder,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An original and its crop indexed in both orders (so their ids swap) score the same."""
+    from imagefinder import build_index
+    from imagefinder.duplicates import PixelCheck
+    from imagefinder.index import Store
+
+    folder, _ = edited
+    parts = {}
+    for name in ("louvre.jpg", "louvre-crop.jpg"):
+        parts[name] = tmp_path_factory.mktemp("part")
+        shutil.copyfile(folder / name, parts[name] / name)
+    scores, orders = [], []
+    for names in (["louvre.jpg", "louvre-crop.jpg"], ["louvre-crop.jpg", "louvre.jpg"]):
+        out = tmp_path_factory.mktemp("ordered") / "index"
+        store = Store(build_index([str(parts[n]) for n in names], out, embedder=embedder, workers=1).path)
+        try:
+            ids = _ids(store)
+            orders.append(ids["louvre.jpg"] < ids["louvre-crop.jpg"])
+            scores.append(PixelCheck(store)(ids["louvre.jpg"], ids["louvre-crop.jpg"]))
+        finally:
+            store.close()
+    assert orders == [True, False], "the two indexes should number the pair in opposite orders"
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6), scores
+    assert scores[0] > 0.9
+
+
+def test_anchored_links_do_not_chain_through_a_lookalike() -> None:
+    """Copy C matches original O; lookalike L matches C but not O: L stays out of O's group."""
+    from imagefinder.duplicates import Clusters
+
+    scores = {(1, 2): 0.99, (2, 3): 0.95, (1, 3): 0.5}
+    pair = lambda x, y: scores[(min(x, y), max(x, y))]
+    size = {1: 4_000_000, 2: 1_000_000, 3: 2_000_000}.__getitem__
+    clusters = Clusters({})
+    for x, y in sorted(scores, key=lambda p: -scores[p]):
+        clusters.link_anchored(x, y, 0.9, pair, size)
+    assert clusters.groups() == [[1, 2]]

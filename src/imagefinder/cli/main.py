@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_command_in(argv)).parse_args(argv)
     handler = logging.StreamHandler()  # stderr, every message escaped (it may quote a CSV cell or a URL)
     handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
-    if not args.verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Our own progress at INFO; other libraries only warn unless --verbose (onnxruntime's quantiser
+    # logs ~80 INFO lines on the root logger per model it quantises).
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    logging.getLogger("imagefinder").setLevel(logging.WARNING if args.quiet else logging.INFO)
     return run(args)
 
 

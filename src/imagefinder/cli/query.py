@@ -149,7 +149,8 @@ def print_results(metric: str, results: list[Result], title: str | None = None, 
 
 
 DUPLICATES = ("Group the images of an index (or of a folder, indexed first into a temporary directory with --model) "
-              "in three tiers: exact (same file content), near (resized / re-encoded / cropped copies: pixel check, "
+              "in three tiers: exact (same file content), near (resized / re-encoded / cropped / turned / mirrored / "
+              "captioned copies: pixel check, "
               "or cosine >= --threshold) and similar (same object or scene: cosine >= --similar). Pairs come from "
               "each image's nearest neighbours in the index, never all pairs.")
 
@@ -160,7 +161,8 @@ def _duplicates_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, metavar="DIR", help="index directory, or a folder of images")
     p.add_argument("--threshold", type=float, metavar="T",
                    help="near-duplicate cosine threshold; giving it turns off the default pixel check "
-                        "(aligned thumbnails, NCC >= 0.898) that decides near-duplicates among similar pairs")
+                        "(aligned thumbnails, mirrored too, tile correlation >= a calibrated cut) that decides "
+                        "near-duplicates among similar pairs")
     p.add_argument("--similar", type=float, metavar="T", help="similar-image cosine threshold (default: calibrated)")
     p.add_argument("--neighbours", type=int, default=20, metavar="K", help="neighbours checked per image (default 20)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="M", help="model for indexing a folder")

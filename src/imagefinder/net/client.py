@@ -7,7 +7,8 @@
   so certificates still verify): a second DNS answer cannot swap in another address;
 - redirects are followed by hand, at most ``max_redirects`` hops, each hop vetted again;
 - one timeout per network operation plus a wall-clock deadline for the whole fetch
-  (`DEADLINE_FACTOR` x the timeout, retries included), and a byte cap enforced while
+  (`DEADLINE_FACTOR` x the timeout, retries included), a floor on the body's rate once it
+  has streamed for one timeout (`MIN_BYTES_PER_S`), and a byte cap enforced while
   streaming, on the wire and after Content-Encoding, which is decoded here in bounded pieces
   (encoding.py), so a compression bomb stops at the cap (a ``Content-Length`` over the cap is
   refused unread);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +44,10 @@ USER_AGENT = "imagefinder/0.1 (+https://github.com/imagefinder)"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
 DEADLINE_FACTOR = 3
+# A body slower than this on average, once it has streamed for one timeout, is given up (curl's
+# --speed-limit/--speed-time): a peer trickling a byte every few seconds never trips the per-read
+# timeout and would hold a worker until the whole-fetch deadline.
+MIN_BYTES_PER_S = 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
 CONNECTING, READING = "connecting to", "reading from"
 
@@ -101,6 +107,7 @@ class Body:
                                 f"too large: Content-Length {int(length)} exceeds {cap} bytes")
         decoder = Decoder(self.response.headers.get("content-encoding"))
         wire = received = 0
+        started = time.monotonic()
 
         def take(pieces: Iterable[bytes]) -> None:
             nonlocal received
@@ -116,11 +123,17 @@ class Body:
                 if wire > cap:
                     raise self._too_large(cap)
                 take(decoder.decode(chunk))
+                self._check_rate(wire, time.monotonic() - started)
                 if self.deadline.passed():
                     raise FetchError(f"timed out reading from '{host}'", f"timeout after {self.deadline.total:g}s total")
             take(decoder.finish())
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _request_error(exc, host, self.limits.timeout, READING) from None
+
+    def _check_rate(self, wire: int, elapsed: float) -> None:
+        if elapsed > self.limits.timeout and wire < MIN_BYTES_PER_S * elapsed:
+            raise FetchError(f"'{self.url.host}' sends too slowly: {wire} bytes in {elapsed:.0f} s "
+                             f"(under {MIN_BYTES_PER_S} bytes/s)", f"too slow: under {MIN_BYTES_PER_S} bytes/s")
 
     def _too_large(self, cap: int) -> FetchTooLarge:
         encoding = self.response.headers.get("content-encoding")
@@ -219,8 +232,11 @@ def _request_error(exc: httpx.HTTPError | httpx.InvalidURL, host: str, timeout: 
     """Name what went wrong below HTTP: a timeout, DNS, TLS, a cut-off body, a peer that does not speak HTTP."""
     text = _describe(exc)
     if isinstance(exc, httpx.TimeoutException):
+        # Waiting to connect or for the answer may be a passing overload: tried again. A body that
+        # stalls for a whole timeout after the answer began is not (it would hold a worker until
+        # the deadline, retry after retry).
         return FetchError(f"timed out after {timeout:g} s {phase} '{host}'", f"timeout after {timeout:g}s",
-                          retryable=True)
+                          retryable=phase == CONNECTING)
     message = f"cannot connect to '{host}': {text}" if phase == CONNECTING else f"download from '{host}' failed: {text}"
     if not isinstance(exc, httpx.TransportError):
         kind = "corrupt response" if isinstance(exc, httpx.DecodingError) else "request failed"

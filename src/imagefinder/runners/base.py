@@ -23,3 +23,15 @@ class Runner(Protocol):
 
     def run(self, items: Sequence[Item], first_id: int, embedder: Embedder, download: DownloadConfig,
             batch_size: int, on_loaded: Callable[[Loaded], None], progress: bool) -> np.ndarray: ...
+
+
+def embed_batch(batch: Sequence[Loaded], embedder: Embedder, embeddings: np.ndarray, first_id: int) -> int:
+    """Embed the loaded items of `batch` in one model call: rows of `embeddings` by id, each item's
+    `vector` set; returns how many were embedded (the rest failed to load)."""
+    good = [x for x in batch if x.prepared is not None]
+    if good:
+        vectors = embedder.embed_prepared([x.prepared for x in good if x.prepared is not None])
+        embeddings[[x.record.id - first_id for x in good]] = vectors
+        for x, vector in zip(good, vectors):
+            x.vector = vector
+    return len(good)

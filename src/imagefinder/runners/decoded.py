@@ -17,6 +17,7 @@ from ..ingest.decode import Decoded
 from ..ingest.download import DownloadConfig
 from ..ingest.sources import Item
 from ..ingest.stages import Loaded, load_decoded, load_item
+from .base import embed_batch
 
 
 @dataclass
@@ -38,12 +39,7 @@ class DecodedRunner:
         for start in range(0, len(items), batch_size):
             batch = [self.load(first_id + start + n, item, embedder)
                      for n, item in enumerate(items[start:start + batch_size])]
-            good = [x for x in batch if x.prepared is not None]
-            if good:
-                vectors = embedder.embed_prepared([x.prepared for x in good if x.prepared is not None])
-                embeddings[[x.record.id - first_id for x in good]] = vectors
-                for x, vector in zip(good, vectors):
-                    x.vector = vector
+            embed_batch(batch, embedder, embeddings, first_id)
             for x in batch:
                 on_loaded(x)
         return embeddings

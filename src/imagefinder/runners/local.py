@@ -21,6 +21,7 @@ from ..embed import Embedder
 from ..ingest.download import DownloadConfig, Downloader
 from ..ingest.sources import Item
 from ..ingest.stages import Loaded, load_item
+from .base import embed_batch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -118,15 +119,10 @@ def run_local(
                                 enumerate(items, first_id), pool, ahead=max(4 * batch_size, 2 * workers),
                                 idle=IDLE_FLUSH_S)
         for batch in batched(loaded, batch_size):
-            good = [x for x in batch if x.prepared is not None]
-            if good:
-                vectors = embedder.embed_prepared([x.prepared for x in good if x.prepared is not None])
-                embeddings[[x.record.id - first_id for x in good]] = vectors
-                for x, vector in zip(good, vectors):
-                    x.vector = vector
+            embedded = embed_batch(batch, embedder, embeddings, first_id)
             for x in batch:
                 on_loaded(x)
-            failed += len(batch) - len(good)
+            failed += len(batch) - embedded
             bar.update(len(batch))
             bar.set_postfix(failed=failed, refresh=False)
     bar.close()
