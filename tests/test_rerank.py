@@ -88,3 +88,37 @@ def test_a_tiny_query_has_no_local_features_and_reranks_nothing(tiny, backend: s
     hits = [Hit(ids["ukbench00100.jpg"], 0.9), Hit(ids["ukbench00000.jpg"], 0.5)]
     out = reranker.rerank(features, hits, finder.store, top=2, budget_s=None)
     assert [(h.id, h.score) for h in out] == [(h.id, h.score) for h in hits]
+def test_verified_query_expansion_uses_only_verified_results(tiny) -> None:
+    """vqe: the expansion takes the results that passed verification, never a distractor that the
+    global ranking put higher; those stay on top, the second search's results follow."""
+    import numpy as np
+
+    from imagefinder.embed import l2_normalize
+    from imagefinder.rerank import MIN_INLIERS
+    from imagefinder.search import verified_expansion
+
+    finder, query, ids = tiny
+    reranker = finder.reranker(backend="orb")
+    true, d1, d2 = ids["ukbench00000.jpg"], ids["ukbench00100.jpg"], ids["ukbench00200.jpg"]
+    local = reranker.query_features(query)
+    hits = [Hit(d1, 0.9), Hit(d2, 0.85), Hit(true, 0.5)]
+    ranked, verified = reranker.rerank_verified(local, hits, finder.store, top=3, budget_s=None)
+    assert verified == [true]
+    records = finder.store.records([true, d1, d2])
+    inliers = {i: reranker.inliers(local, reranker.cache.get(i, records[i])) for i in (true, d1, d2)}
+    assert inliers[true] >= MIN_INLIERS > max(inliers[d1], inliers[d2])
+    assert verified_expansion(finder.space(), np.ones(8), ranked, [], 3) == ranked  # nothing verified: unchanged
+
+    # Through the finder: the unverified results are ranked by the query averaged with the verified one only.
+    vector = finder.embed(query)
+    results = finder.search(query, k=3, rerank=3, vqe=2, qe=0)
+    assert results[0].id == true and [r.rank for r in results] == [1, 2, 3]
+    stored = l2_normalize(np.asarray(finder.store.embeddings[[true, d1, d2]], np.float32))
+    expanded = l2_normalize((l2_normalize(vector[None])[0] + stored[0])[None])[0]
+    tail = {r.id: r.score for r in results[1:]}
+    assert set(tail) == {d1, d2}
+    for row, i in ((1, d1), (2, d2)):
+        assert tail[i] == pytest.approx(float(stored[row] @ expanded), abs=1e-4)
+    # expanding with a distractor too (what unverified QE does) would have scored them otherwise
+    with_d1 = l2_normalize((expanded + stored[1])[None])[0]
+    assert abs(float(stored[2] @ with_d1) - tail[d2]) > 1e-3

@@ -32,7 +32,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .finder import ImageFinder
+from .finder import ImageFinder, verify
 from .index import IndexConfig
 from .index.searcher import Searcher
 from .ingest.decode import ImageError, open_image
@@ -63,6 +63,7 @@ class SearchOptions:
     rerank: int = 0
     rerank_budget: float | None = None
     rerank_options: dict = field(default_factory=dict)
+    vqe: int = 0  # verified query expansion with the first N verified results (with rerank)
 
 
 def read_groundtruth(data_dir: Path) -> GroundTruth:
@@ -110,11 +111,11 @@ def rank_metrics(ranked_groups: Sequence[Sequence[str | None]], query_groups: Se
 def evaluate(data_dir: Path | str, config: IndexConfig | None = None, *, metric: str = "cosine",
              out: Path | None = None, progress: bool = False, qe: int = 0, qe_alpha: float = 3.0,
              dba: int = 0, rerank: int = 0, rerank_budget: float | None = None,
-             rerank_options: dict | None = None, latency: int = 0) -> dict:
+             rerank_options: dict | None = None, latency: int = 0, vqe: int = 0) -> dict:
     """Index DATA_DIR's db images, run every query, return the metrics dict (KEYS, + LATENCY_KEYS)."""
     data_dir = Path(data_dir)
     truth = read_groundtruth(data_dir)
-    options = SearchOptions(metric, qe, qe_alpha, dba, rerank, rerank_budget, dict(rerank_options or {}))
+    options = SearchOptions(metric, qe, qe_alpha, dba, rerank, rerank_budget, dict(rerank_options or {}), vqe)
     with tempfile.TemporaryDirectory(prefix="imagefinder-eval-") as tmp:
         index_dir = out or Path(tmp) / "index"
         paths = [str((data_dir / "images" / name).resolve()) for name in truth.filenames]
@@ -171,9 +172,9 @@ def _rank(finder: ImageFinder, space: SearchSpace, vectors: np.ndarray, options:
     """Full rankings (ids) for query vectors, with QE / re-ranking as the options say."""
     hits = search(space, vectors, finder.store.ntotal, options.metric, qe=options.qe, qe_alpha=options.qe_alpha)
     if options.rerank and local_of is not None:
-        reranker = finder.reranker()
-        hits = [reranker.rerank(lf(), h, finder.store, top=options.rerank, budget_s=options.rerank_budget)
-                for h, lf in zip(hits, local_of)]
+        reranker, n = finder.reranker(), finder.store.ntotal
+        hits = [verify(reranker, space, finder.store, q, lf(), h, options.rerank, options.rerank_budget, options.vqe,
+                       n, options.metric) for q, h, lf in zip(vectors, hits, local_of)]
     return [[h.id for h in row] for row in hits]
 
 
@@ -254,7 +255,7 @@ def measure_latency(finder: ImageFinder, files: list[str], options: SearchOption
         return {"latency_ms_p50": 0.0, "latency_cpu_ms_p50": 0.0}
     def search(f: str) -> None:
         finder.search(f, k=k, metric=options.metric, qe=options.qe, qe_alpha=options.qe_alpha,
-                      rerank=options.rerank, rerank_budget=options.rerank_budget)
+                      rerank=options.rerank, rerank_budget=options.rerank_budget, vqe=options.vqe)
 
     search(files[0])  # warm-up: model load, first-call costs
     wall, cpu = [], []

@@ -26,7 +26,7 @@ from .ingest.decode import ImageError, open_image
 from .ingest.sources import is_url
 from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset
 from .region import Box, crop_box, parse_box
-from .search import Hit, SearchSpace, search
+from .search import Hit, SearchSpace, search, verified_expansion
 
 if TYPE_CHECKING:
     from .pipeline import BuildReport
@@ -175,7 +175,8 @@ class ImageFinder:
         preset the index was built with, else off. Not given: None, or FROM_PRESET for
         rerank_budget (whose None means no budget)."""
         bundle = get_preset(preset) if preset else self.preset
-        base = bundle.query_options() if bundle else {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0}
+        base = bundle.query_options() if bundle else {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0,
+                                                      "vqe": 0}
         def is_given(key: str) -> bool:
             value = given.get(key)
             return value != FROM_PRESET if key == "rerank_budget" and key in given else value is not None
@@ -185,17 +186,19 @@ class ImageFinder:
     def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
                qe_alpha: float | None = None, rerank: int | None = None,
                rerank_budget: float | None | FromPreset = FROM_PRESET, box: Box | str | None = None,
-               preset: str | None = None, where: Filter | None = None) -> list[Result]:
+               preset: str | None = None, where: Filter | None = None, vqe: int | None = None) -> list[Result]:
         """Top-k images for a query image.
 
         qe: expand the query with its top `qe` results (alpha-QE, `qe_alpha`) before the search.
         rerank: spatially verify the top `rerank` results with local features (see `rerank`),
-        spending at most `rerank_budget` seconds on it. Options left None come from `preset`
+        spending at most `rerank_budget` seconds on it. vqe: then search again with the query averaged
+        with its first `vqe` verified results (verified query expansion). Options left None come from `preset`
         (query-time parts), else from the preset the index was built with, else are off.
         box: search with this region of the query only, (x0, y0, x1, y1) in its pixels.
         where: only images this metadata filter matches (`Filter.parse(["year>=2000"])`).
         """
-        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
+        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
+                                  vqe=vqe)
         image = self._image(query)
         if box is not None:
             image = crop_box(image, parse_box(box))
@@ -207,9 +210,10 @@ class ImageFinder:
     def search_id(self, item_id: int, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
                   qe_alpha: float | None = None, rerank: int | None = None,
                   rerank_budget: float | None | FromPreset = FROM_PRESET, preset: str | None = None,
-                  where: Filter | None = None) -> list[Result]:
+                  where: Filter | None = None, vqe: int | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
-        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget)
+        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
+                                  vqe=vqe)
         store = self.store
         record = store.records([item_id]).get(item_id, {})
         if record.get("status") != "ok":
@@ -222,8 +226,10 @@ class ImageFinder:
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, metric: str = "cosine", *, qe: int = 0,
                        qe_alpha: float = 3.0, rerank: int = 0, rerank_budget: float | None = 2.0,
-                       local_queries: list | None = None, where: Filter | None = None) -> list[list[Result]]:
-        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`;
+                       local_queries: list | None = None, where: Filter | None = None,
+                       vqe: int = 0) -> list[list[Result]]:
+        """Rank for raw query vectors; `local_queries` (local features per query) enable `rerank`
+        (and `vqe`, verified query expansion: `search.verified_expansion`);
         `where` keeps only the images a metadata filter matches (applied inside the vector search)."""
         store = self.store  # one consistent generation even if an update lands meanwhile
         if store.index is None:
@@ -234,9 +240,10 @@ class ImageFinder:
         allowed = None if where is None or where.empty else store.matching_ids(where)
         hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha, allowed=allowed)
         if rerank and local_queries is not None:
-            reranker = self.reranker()
-            hits = [h if lf is None else reranker.rerank(lf, h, store, top=rerank, budget_s=rerank_budget)
-                    for h, lf in zip(hits, local_queries)]
+            space = self.space(store)
+            hits = [h if lf is None else verify(self.reranker(), space, store, q, lf, h, rerank, rerank_budget, vqe,
+                                                depth, metric, allowed)
+                    for q, h, lf in zip(queries, hits, local_queries)]
         threshold = threshold_for(store.manifest.members)
         return [self._results(store, h[:k], q, threshold) for h, q in zip(hits, queries)]
 
@@ -286,3 +293,13 @@ class ImageFinder:
     def close(self) -> None:
         self.store.close()
 
+
+def verify(reranker: SpatialReranker, space: SearchSpace, store: Store, query: np.ndarray, local: Any,
+           hits: list[Hit], top: int, budget_s: float | None, vqe: int, k: int, metric: str = "cosine",
+           allowed: np.ndarray | None = None) -> list[Hit]:
+    """Spatial re-ranking of `hits`, then (vqe > 0) verified query expansion with the first `vqe`
+    verified results: the one path the finder and `evaluate` share."""
+    ranked, verified = reranker.rerank_verified(local, hits, store, top=top, budget_s=budget_s)
+    if not vqe:
+        return ranked
+    return verified_expansion(space, query, ranked, verified[:vqe], k, metric, allowed)

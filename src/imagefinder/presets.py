@@ -37,6 +37,7 @@ class Preset:
     rerank: int = 0  # query time: spatial verification depth
     rerank_budget: float | None = 2.0  # seconds per query at most
     local_features: bool = False  # index time: compute the verification's local features up front
+    vqe: int = 0  # query time: verified query expansion with the first N verified results (needs rerank)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +49,8 @@ class Preset:
 
     def query_options(self) -> dict[str, Any]:
         """The query-time parts, as `ImageFinder.search` takes them."""
-        return {"qe": self.qe, "qe_alpha": self.qe_alpha, "rerank": self.rerank, "rerank_budget": self.rerank_budget}
+        return {"qe": self.qe, "qe_alpha": self.qe_alpha, "rerank": self.rerank, "rerank_budget": self.rerank_budget,
+                "vqe": self.vqe}
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (

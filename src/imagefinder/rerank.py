@@ -13,7 +13,9 @@ the top N results of the global search, so its cost per query is bounded:
    much slower on a CPU), then RANSAC (OpenCV USAC-MAGSAC) homography - or fundamental
    matrix, for 3-D scenes seen from another viewpoint - and its inlier count;
 4. new score = global cosine + BONUS * min(inliers, CAP) / CAP for candidates with at least
-   MIN_INLIERS inliers; the top N are re-sorted by it, the rest keep their order below them.
+   MIN_INLIERS inliers; the top N are re-sorted by it, the rest keep their order below them;
+5. optionally (`vqe=N`, `search.verified_expansion`): the query averaged with its first N
+   verified results, searched again, the verified results kept on top.
 
 A time budget per query stops verification early (the unverified tail keeps its global order).
 """
@@ -346,6 +348,12 @@ class SpatialReranker:
     def rerank(self, query: LocalFeatures, hits: list[Hit], store, top: int = 30,
                budget_s: float | None = 2.0) -> list[Hit]:
         """`hits` (global ranking, cosine scores) with the first `top` re-sorted by verification."""
+        return self.rerank_verified(query, hits, store, top, budget_s)[0]
+
+    def rerank_verified(self, query: LocalFeatures, hits: list[Hit], store, top: int = 30,
+                        budget_s: float | None = 2.0) -> tuple[list[Hit], list[int]]:
+        """`rerank`, plus the ids that passed verification (>= MIN_INLIERS inliers), best first:
+        what verified query expansion may trust."""
         start = time.perf_counter()
         head, tail = hits[:top], hits[top:]
         records = store.records([h.id for h in head])
@@ -379,7 +387,7 @@ class SpatialReranker:
         scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
         stats.seconds = time.perf_counter() - start
         self.last = stats
-        return [Hit(h.id, s) for s, _, h in scored] + tail
+        return [Hit(h.id, s) for s, _, h in scored] + tail, [h.id for _, j, h in scored if bonus[-j] > 0]
 
     def precompute(self, store, ids: list[int] | None = None, progress: bool = False) -> int:
         """Extract and cache local features for `ids` (default: every indexed image). Returns count."""

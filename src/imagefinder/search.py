@@ -101,15 +101,34 @@ def expand_queries(space: SearchSpace, queries: np.ndarray, n: int, alpha: float
     if n <= 0:
         return q
     scores, ids = space.index.search(q, n)
-    out = q.copy()
-    for row, (s, i) in enumerate(zip(scores, ids)):
-        keep = i >= 0
-        if not keep.any():
-            continue
-        neighbours = l2_normalize(np.asarray(space.embeddings[i[keep]], np.float32))
-        w = np.maximum(s[keep], 0.0) ** alpha if alpha else np.ones(keep.sum(), np.float32)
-        out[row] = q[row] + (w[:, None] * neighbours).sum(axis=0)
-    return l2_normalize(out)
+    return np.stack([_expand(space, row, i, s, alpha) for row, s, i in zip(q, scores, ids)])
+
+
+def _expand(space: SearchSpace, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, alpha: float) -> np.ndarray:
+    """norm(q + sum_i w_i x_i) over the results `ids` (-1: none), w_i = max(score_i, 0)^alpha (alpha 0: 1)."""
+    keep = ids >= 0
+    if not keep.any():
+        return q
+    neighbours = l2_normalize(np.asarray(space.embeddings[ids[keep]], np.float32))
+    w = np.maximum(scores[keep], 0.0) ** alpha if alpha else np.ones(int(keep.sum()), np.float32)
+    return l2_normalize((q + (w[:, None] * neighbours).sum(axis=0))[None])[0]
+
+
+def verified_expansion(space: SearchSpace, query: np.ndarray, ranked: list[Hit], verified: list[int], k: int,
+                       metric: str = "cosine", allowed: np.ndarray | None = None) -> list[Hit]:
+    """Verified query expansion (Chum et al., "Total Recall", ICCV 2007): the query averaged with
+    the results that passed spatial verification (`verified`, best first; plain average - their
+    geometry, not their cosine, vouches for them), searched again. The verified results stay on
+    top in `ranked`'s order; the second search's results follow. No verified result: `ranked`."""
+    if not verified:
+        return ranked
+    q = l2_normalize(np.atleast_2d(np.asarray(query, np.float32)))[0]
+    ids = np.asarray(verified, np.int64)
+    expanded = _expand(space, q, ids, np.ones(len(ids), np.float32), 0.0)
+    again = search(space, expanded[None], k, metric, allowed=allowed)[0]
+    chosen = set(verified)
+    head = [h for h in ranked if h.id in chosen]
+    return head + [h for h in again if h.id not in chosen][:max(0, k - len(head))]
 
 
 def augment_database(vectors: np.ndarray, n: int, alpha: float = 3.0) -> np.ndarray:

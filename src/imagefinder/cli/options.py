@@ -175,6 +175,9 @@ def query_options(p: argparse.ArgumentParser) -> None:
                         "0: off)")
     p.add_argument("--rerank-budget", type=float, metavar="S",
                    help="seconds of re-ranking per query at most (default: the preset's, else 2)")
+    p.add_argument("--vqe", type=int, metavar="N",
+                   help="verified query expansion (needs --rerank): search again with the query averaged with "
+                        "its first N spatially verified results, those kept on top (default: the preset's; 0: off)")
 
 
 def metric_option(p: argparse.ArgumentParser, help: str) -> None:
@@ -184,8 +187,10 @@ def metric_option(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def check_query_options(args: argparse.Namespace) -> None:
-    if (args.qe or 0) < 0 or (args.rerank or 0) < 0:
-        raise UsageError("--qe and --rerank must be >= 0")
+    if (args.qe or 0) < 0 or (args.rerank or 0) < 0 or (args.vqe or 0) < 0:
+        raise UsageError("--qe, --rerank and --vqe must be >= 0")
+    if args.vqe and args.rerank == 0:
+        raise UsageError("--vqe expands with spatially verified results: it needs --rerank N (N > 0)")
     if args.qe and args.metric not in ("cosine", "fusion"):
         raise UsageError(f"--qe works with --metric cosine or fusion, not {args.metric}")
     if args.rerank and args.metric == "euclidean":
@@ -197,8 +202,9 @@ def resolved_query_options(args: argparse.Namespace, preset: str | None) -> dict
     from ..presets import get_preset
 
     base = get_preset(preset).query_options() if preset else {"qe": 0, "qe_alpha": 3.0, "rerank": 0,
-                                                               "rerank_budget": 2.0}
-    given = {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": args.rerank_budget}
+                                                               "rerank_budget": 2.0, "vqe": 0}
+    given = {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": args.rerank_budget,
+             "vqe": args.vqe}
     return {k: base[k] if given[k] is None else given[k] for k in base}
 
 

@@ -78,7 +78,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         try:
             results = finder.search(query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
                                     rerank=args.rerank, rerank_budget=budget, where=where, box=box,
-                                    preset=args.preset)
+                                    preset=args.preset, vqe=args.vqe)
         except (ImageError, BoxError) as exc:
             failed += 1
             say(f"imagefinder: error: {exc}", err=True)

@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts = resolved_query_options(args, (config.preset or {}).get("name"))
     metrics = evaluate(args.data_dir, config, metric=args.metric, out=args.out, progress=progress(args),
                        qe=opts["qe"], qe_alpha=opts["qe_alpha"], dba=args.dba, rerank=opts["rerank"],
-                       rerank_budget=opts["rerank_budget"], latency=args.latency)
+                       rerank_budget=opts["rerank_budget"], latency=args.latency, vqe=opts["vqe"])
     if args.json:
         say_json(metrics)
     else:
