@@ -159,11 +159,16 @@ def make_duplicate_set(src: Path | str, out: Path | str, *, originals: int = 100
         name = sorted(by_group[g])[int(rng.integers(0, len(by_group[g])))]
         _link_or_copy(src / "images" / name, out / "images" / name)
         rows.append((name, "", "unrelated"))
+    _write_labels(out, rows)
+    return out
+
+
+def _write_labels(out: Path, rows: list[tuple[str, str, str]]) -> None:
+    """labels.csv of a made set: each file, the original it was made from ('' if unrelated), the kind."""
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["filename", "original", "kind"])
         writer.writerows(rows)
-    return out
 
 
 EDIT_KINDS = ("exact", "reencode", "resize", "crop", "rot90", "rotate", "mirror", "brightness", "watermark", "logo")
@@ -284,10 +289,7 @@ def make_edit_set(src: Path | str, out: Path | str, *, half: int = 0, originals:
     for name in chosen[originals:]:
         _link_or_copy(src / "images" / name, out / "images" / name)
         rows.append((name, "", "unrelated"))
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "original", "kind"])
-        writer.writerows(rows)
+    _write_labels(out, rows)
     return out
 
 

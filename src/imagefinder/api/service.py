@@ -24,9 +24,10 @@ from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
 from ..region import BoxError, crop_box, parse_box
 from .fetching import FetchPool
+from .params import media_type
 from .schemas import ImageInfo, SearchResult
 from .settings import Settings
-from .uploads import CheckedImage, check_image
+from .uploads import CheckedImage, check_image, read_body
 from .writes import UPLOADS, UploadWriter
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,12 @@ class Service:
             log.warning("could not reload the index", exc_info=True)
 
     # -- searching (in the thread pool) --------------------------------------------------------
+
+    async def request_body(self, request: Request) -> tuple[bytes, str]:
+        """A write or search request's body (413 past the size cap, 408 past the body timeout) and its media type."""
+        s = self.settings
+        body = await read_body(request, s.max_body_bytes, s.max_upload_bytes, timeout=s.body_timeout)
+        return body, media_type(request)
 
     def check(self, data: bytes, what: str = "the file") -> CheckedImage:
         s = self.settings

@@ -10,10 +10,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ...ingest.decode import sniff_image_type
 from ..errors import ERRORS, WRITE_ERRORS
-from ..params import ADD_FORM, ImageId, json_body, media_type, openapi_body
+from ..params import ADD_FORM, ImageId, json_body, openapi_body
 from ..schemas import AddedImage, AddRequest, AddResponse, DeleteResponse, ImageInfo
 from ..service import ServiceDep
-from ..uploads import CheckedImage, client_filename, parse_form, read_body
+from ..uploads import CheckedImage, client_filename, parse_form
 
 router = APIRouter(tags=["images"])
 
@@ -66,9 +66,7 @@ async def add_images(request: Request, service: ServiceDep) -> Response:
     that is already indexed returns its existing id with `created: false` (status 200).
     """
     settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
-                                 timeout=settings.body_timeout)
-    kind = media_type(request)
+    body, kind = await service.request_body(request)
     images: list[tuple[CheckedImage, dict[str, str]]] = []
     if kind == "multipart/form-data":
         form = await parse_form(request, body, max_files=settings.max_files)

@@ -14,10 +14,10 @@ from ...region import BoxError, crop_box
 from ...region import parse_box as region_box
 from ...rerank import MIN_INLIERS, MIN_SIDE, LocalFeatures, SpatialReranker, no_features
 from ..errors import ERRORS
-from ..params import json_body, media_type, openapi_body, parse_box
+from ..params import json_body, openapi_body, parse_box
 from ..schemas import MatchesRequest, MatchesResponse
 from ..service import Service, ServiceDep
-from ..uploads import CheckedImage, client_filename, parse_form, read_body
+from ..uploads import CheckedImage, client_filename, parse_form
 
 router = APIRouter(tags=["search"])
 
@@ -97,10 +97,7 @@ async def matches(request: Request, service: ServiceDep) -> MatchesResponse:
     """Matched keypoints between the query and the indexed image `result_id` that one RANSAC
     transform explains (the spatial re-ranker's evidence), in each image's own pixels, with the
     counts. `verified` is the re-ranker's verdict (at least `min_inliers` inliers)."""
-    settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
-                           timeout=settings.body_timeout)
-    kind = media_type(request)
+    body, kind = await service.request_body(request)
     if kind == "multipart/form-data":
         form = await parse_form(request, body, max_files=1)
         uploads = [u for u in form.getlist("file") if not isinstance(u, str)]

@@ -25,7 +25,6 @@ from ..params import (
     QueryPrefix,
     QueryWhere,
     json_body,
-    media_type,
     openapi_body,
     parse_box,
     parse_k,
@@ -44,7 +43,7 @@ from ..schemas import (
     SearchResponse,
 )
 from ..service import Service, ServiceDep
-from ..uploads import client_filename, parse_form, read_body
+from ..uploads import client_filename, parse_form
 
 router = APIRouter(tags=["search"])
 
@@ -140,10 +139,7 @@ async def search(request: Request, service: ServiceDep, k: QueryK = None, metric
     form) searches with that region of the query image; `preset` (fast, balanced, accurate) picks
     the query-time parts of a preset. Each result says `match`: strong or weak.
     """
-    settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
-                           timeout=settings.body_timeout)
-    kind = media_type(request)
+    body, kind = await service.request_body(request)
     if kind == "multipart/form-data":
         form = await parse_form(request, body, max_files=1)
         options = _options(request, service, form=form)
@@ -169,10 +165,7 @@ async def search_batch(request: Request, service: ServiceDep, k: QueryK = None, 
     `{"query", "status", "error"}` entry in its place, and the others are still answered. The
     whole request is held to the upload size limit.
     """
-    settings = service.settings
-    body = await read_body(request, settings.max_body_bytes, settings.max_upload_bytes,
-                           timeout=settings.body_timeout)
-    kind = media_type(request)
+    body, kind = await service.request_body(request)
     searches: list[SearchResponse | SearchFailure] = []
     if kind == "multipart/form-data":
         form = await parse_form(request, body, max_files=MAX_BATCH)
