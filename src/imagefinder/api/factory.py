@@ -19,7 +19,7 @@ from .. import __version__
 from ..finder import ImageFinder
 from .access import WriteAccess, policy_of
 from .errors import install_error_handlers
-from .routers import browse, images, matches, search, status
+from .routers import browse, duplicates, images, matches, search, status
 from .sample_index import resolve_index
 from .service import Service
 from .settings import Settings
@@ -37,6 +37,8 @@ Find images that look like a query image.
   query string, the JSON body or the form, narrow a search inside the vector search (k results whenever k
   images match) and the listing. Each parameter may be given once: `k` twice is a 422, not a guess.
 * **Browse**: `GET /images?offset=&limit=&where=&source_prefix=` lists the collection, newest first.
+* **Duplicates**: `GET /duplicates?tier=exact|near|similar` lists the groups of `imagefinder duplicates`
+  (computed once per index generation; the first call after a change may take seconds).
 * **Images**: `GET /images/{id}` (the original), `GET /images/{id}/thumbnail`, `GET /images/{id}/info`.
 * **Change the index**: `POST /images` (upload or `{"url": ...}`) and `DELETE /images/{id}`; changes are
   visible to the next search and persist across restarts. With `IMAGEFINDER_API_TOKEN` set they need
@@ -87,6 +89,6 @@ def create_app(index_dir: Path | str | None = None, settings: Settings | None = 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)
     install_error_handlers(app)
-    for module in (search, matches, browse, images, status):
+    for module in (search, matches, browse, duplicates, images, status):
         app.include_router(module.router)
     return app

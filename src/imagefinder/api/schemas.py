@@ -242,3 +242,27 @@ class MatchesResponse(BaseModel):
     verified: bool = Field(..., description="inliers >= min_inliers: the same object or scene, seen again")
     pairs: list[list[float]] = Field(
         ..., description="inlier pairs [query x, y, result x, y] in each image's own pixels (at most 400)")
+
+
+DuplicateTier = Literal["exact", "near", "similar"]
+
+
+class DuplicateGroup(BaseModel):
+    """One group of `imagefinder duplicates` (the same groups, tiers and scores as its --json)."""
+
+    tier: DuplicateTier = Field(..., description="exact: the same file content; near: the same picture edited "
+                                                 "(resized, cropped, mirrored, captioned...); similar: another photo "
+                                                 "of the same object or scene")
+    score: float = Field(..., description="the lowest cosine between any two members (1.0 for exact)")
+    check: float | None = Field(None, description="near tier, pixel-checked: the lowest pixel-check score "
+                                                  "between any two members")
+    ids: list[int] = Field(..., description="the members' ids, ascending")
+    images: list[ImageInfo] = Field(..., description="the members, in the order of `ids`")
+
+
+class DuplicatesReport(BaseModel):
+    generation: int = Field(..., description="the index generation these groups were computed on")
+    model: str
+    thresholds: dict[str, Any] = Field(..., description="the cuts used (near: how near-duplicates were decided)")
+    groups: list[DuplicateGroup] = Field(..., description="exact, then near, then similar groups; "
+                                                          "largest groups first within a tier")

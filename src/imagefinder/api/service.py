@@ -12,13 +12,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from ..duplicates import TIERS, Group, find_duplicates
 from ..finder import ImageFinder, Result
-from ..index import ServeLock
+from ..index import ServeLock, Store
 from ..index.filters import Filter, FilterError
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
@@ -34,6 +36,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class FoundDuplicates:
+    """find_duplicates' answer on one index generation, with the members' rows (for their URLs)."""
+
+    generation: int
+    model: str
+    thresholds: dict[str, Any]
+    groups: list[Group]
+    rows: dict[int, dict]
+
+
 class Service:
     def __init__(self, finder: ImageFinder, settings: Settings) -> None:
         self.finder = finder
@@ -45,6 +58,8 @@ class Service:
         # CPU-bound work (decode, embed, search) waits here in arrival order, so a burst of
         # requests is served first come, first served instead of all slowing each other down.
         self._cpu_slots = asyncio.Semaphore(settings.search_concurrency or os.cpu_count() or 1)
+        self._duplicates: FoundDuplicates | None = None
+        self._duplicates_lock = asyncio.Lock()  # one computation at a time; the others wait for its answer
 
     async def cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` in the thread pool once one of the CPU slots is free (FIFO)."""
@@ -132,6 +147,16 @@ class Service:
             raise HTTPException(422, f"cannot use the URL: {exc}") from None
         return fetched.content
 
+    async def duplicates(self) -> FoundDuplicates:
+        """The duplicate groups of the index as it is now: computed in a CPU slot once per generation."""
+        self.refresh()
+        async with self._duplicates_lock:
+            store = self.finder.store  # one generation throughout, even if a write lands meanwhile
+            found = self._duplicates
+            if found is None or found.generation != store.generation:
+                found = self._duplicates = await self.cpu(_find_duplicates, store)
+            return found
+
     # -- rows and their public form ------------------------------------------------------------
 
     def live_record(self, image_id: int) -> dict:
@@ -149,6 +174,13 @@ class Service:
         return ImageInfo(id=row["id"], source=self.writer.public_source(row["source"]), width=row.get("width"),
                          height=row.get("height"), cluster=row.get("cluster"), meta=row.get("meta") or {},
                          **_urls(request, row["id"], self.settings.public_url))
+
+
+def _find_duplicates(store: Store) -> FoundDuplicates:
+    result = find_duplicates(store)
+    groups = [g for tier in TIERS for g in result.get(tier, [])]
+    rows = store.records(sorted({i for g in groups for i in g.ids}))
+    return FoundDuplicates(store.generation, result["model"], result["thresholds"], groups, rows)
 
 
 def _urls(request: Request, image_id: int, public_url: str | None) -> dict[str, str]:
