@@ -917,3 +917,56 @@ def test_phone_why_this_match(browser, web: ServerThread, sample) -> None:
         screenshot(page, "web-why-phone.png", full_page=False)
     finally:
         context.close()
+
+
+# --- duplicates review --------------------------------------------------------------------------
+
+
+def test_duplicates_keep_one_remove_the_others(page, writable) -> None:
+    api_server, web_server = writable
+    report = httpx.get(f"{api_server.url}/duplicates", trust_env=False, timeout=120).json()
+    group = next(g for g in report["groups"] if g["tier"] == "near" and len(g["ids"]) >= 4)
+    pixels = {i["id"]: (i["width"] or 0) * (i["height"] or 0) for i in group["images"]}
+    largest = max(group["ids"], key=lambda i: (pixels[i], -i))
+    total = listed(api_server)["total"]
+
+    page.goto(web_server.url)
+    page.wait_for_function(f"document.querySelector('#results-meta').textContent.startsWith('{total} images')")
+    page.click("#dups-open")
+    page.wait_for_selector("#dups-list .dup-group")
+    rows = page.locator("#dups-list .dup-group")
+    assert rows.count() == len(report["groups"])
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.tier + ':' + r.dataset.ids)") == [
+        f"{g['tier']}:{','.join(map(str, g['ids']))}" for g in report["groups"]]
+    row = page.locator(f"#dups-list .dup-group[data-ids='{','.join(map(str, group['ids']))}']")
+    assert "Edited copies" in row.inner_text() and f"{group['score']:.3f}" in row.inner_text()
+    # the largest picture is kept by default; choose another one instead
+    assert int(row.locator("input[type=radio]:checked").get_attribute("value")) == largest
+    keep = next(i for i in group["ids"] if i != largest)
+    row.locator(f".dup-item[data-id='{keep}']").click()
+    assert int(row.locator("input[type=radio]:checked").get_attribute("value")) == keep
+    page.wait_for_function("() => [...document.querySelectorAll('#dups-list img')]"
+                           ".filter(img => img.getBoundingClientRect().top < innerHeight)"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    screenshot(page, "web-duplicates.png", full_page=False)
+
+    messages: list[str] = []
+
+    def accept(dialog) -> None:
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    row.locator(".remove").click()
+    page.wait_for_function("document.querySelector('#notice').textContent.startsWith('Kept')")
+    others = [i for i in group["ids"] if i != keep]
+    assert f"#{keep}" in messages[0] and all(f"#{i}" in messages[0] for i in others)
+    assert page.inner_text("#notice").endswith(f"(image #{keep}); removed {len(others)} others.")
+    left = {i["id"] for i in listed(api_server)["images"]}
+    assert keep in left and not left & set(others)
+    # the grid and the groups refresh
+    page.wait_for_function(f"document.querySelector('#results-meta').textContent"
+                           f".startsWith('{total - len(others)} images')")
+    page.wait_for_function("ids => ids.every(i => !document.querySelector(`#dups-list .dup-item[data-id='${i}']`))",
+                           arg=others)
+    assert not set(others) & set(card_ids(page))

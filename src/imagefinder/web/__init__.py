@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_API_URL", "create_app", "main"]
 
 log = logging.getLogger(__name__)
 
-_FORWARDED_PATH = re.compile(r"^(search(/batch|/matches)?|stats|health|images(/\d{1,16}(/thumbnail|/info)?)?)$")
+_FORWARDED_PATH = re.compile(r"^(search(/batch|/matches)?|stats|health|duplicates|images(/\d{1,16}(/thumbnail|/info)?)?)$")
 _READS = ("search", "search/batch", "search/matches")  # POSTs that change nothing
 _RESPONSE_HEADERS = ("content-type", "cache-control", "etag", "last-modified", "www-authenticate")
 

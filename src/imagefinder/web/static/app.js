@@ -20,11 +20,13 @@
     addSummary: $("#add-summary"), tokenKept: $("#token-kept"), tokenForget: $("#token-forget"),
     crop: $("#crop"), box: $("#box"), boxClear: $("#box-clear"), regionText: $("#region-text"), noMatch: $("#no-match"),
     whyDialog: $("#why-dialog"), whyText: $("#why-text"), whyCanvas: $("#why-canvas"), whyTitle: $("#why-title"),
+    dups: $("#dups"), dupsOpen: $("#dups-open"), dupsClose: $("#dups-close"), dupsTier: $("#dups-tier"),
+    dupsMeta: $("#dups-meta"), dupsList: $("#dups-list"),
     tokenDialog: $("#token-dialog"), tokenWhy: $("#token-why"), tokenInput: $("#token-input"), tokenCancel: $("#token-cancel"),
   };
   const state = {
     query: null, lastUpload: null, seq: 0, stats: null, objectUrl: null, retry: null,
-    browse: { offset: 0, limit: 24, prefix: "", where: [] }, tokenAsk: null, adding: false,
+    browse: { offset: 0, limit: 24, prefix: "", where: [] }, tokenAsk: null, adding: false, dupsSeq: 0,
   };
   const PAGE_TITLE = document.title;
 
@@ -1058,6 +1060,138 @@
     if (state.query.type === "url") history.replaceState(null, "", linkFor(state.query));
     search(state.query);
   }
+  // ---- duplicates: the groups of `imagefinder duplicates`, keep one, remove the others ---------
+
+  const TIER_NAMES = { exact: "Exact copies", near: "Edited copies", similar: "Similar photos" };
+  const TIER_WHY = {
+    exact: "the same file content",
+    near: "the same picture: resized, re-encoded, cropped, mirrored, recoloured or captioned",
+    similar: "other photos of the same object or scene",
+  };
+
+  function groupScore(g) {
+    if (g.tier === "exact") return "identical files";
+    const parts = [`cosine ≥ ${g.score.toFixed(3)}`];
+    if (g.check !== null && g.check !== undefined) parts.push(`pixel check ≥ ${g.check.toFixed(3)}`);
+    return parts.join(" · ");
+  }
+
+  // The one kept by default: the largest picture (most pixels; ties: the lowest id, the oldest).
+  function largest(images) {
+    const pixels = (r) => (r.width || 0) * (r.height || 0);
+    return images.reduce((best, r) => (pixels(r) > pixels(best) ? r : best), images[0]);
+  }
+
+  function dupItem(r, n, keep) {
+    const item = document.createElement("label");
+    item.className = "dup-item";
+    item.dataset.id = String(r.id);
+    const radio = document.createElement("input");
+    radio.type = "radio";
+    radio.name = `keep-${n}`;
+    radio.value = String(r.id);
+    radio.checked = r.id === keep.id;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.alt = displayName(r);
+    img.src = thumbUrl(r.id);
+    const name = document.createElement("span");
+    name.className = "n";
+    name.textContent = displayName(r);
+    name.title = sourceText(r, name.textContent) || name.textContent;
+    const dims = document.createElement("span");
+    dims.className = "dims";
+    dims.textContent = r.width && r.height ? `${r.width}×${r.height} · #${r.id}` : `#${r.id}`;
+    const keepIt = document.createElement("span");
+    keepIt.className = "keep write-only";
+    keepIt.append(radio, "Keep this one");
+    item.append(img, name, dims, keepIt);
+    return item;
+  }
+
+  function dupGroup(g, n) {
+    const li = document.createElement("li");
+    li.className = "dup-group";
+    li.dataset.tier = g.tier;
+    li.dataset.ids = g.ids.join(",");
+    const head = document.createElement("div");
+    head.className = "dup-head";
+    const title = document.createElement("strong");
+    title.textContent = `${TIER_NAMES[g.tier] || g.tier} · ${g.ids.length} images`;
+    title.title = TIER_WHY[g.tier] || "";
+    const score = document.createElement("span");
+    score.className = "muted score";
+    score.textContent = groupScore(g);
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "remove write-only";
+    remove.textContent = `Remove the others (${g.ids.length - 1})`;
+    head.append(title, score, remove);
+    const row = document.createElement("div");
+    row.className = "dup-images";
+    const keep = largest(g.images);
+    row.append(...g.images.map((r) => dupItem(r, n, keep)));
+    remove.addEventListener("click", () => removeOthers(g, li));
+    li.append(head, row);
+    return li;
+  }
+
+  async function loadDuplicates() {
+    const seq = ++state.dupsSeq;
+    el.dupsMeta.textContent = "Looking for duplicates… (this can take a while on a large collection)";
+    try {
+      const report = await request(`duplicates?tier=${encodeURIComponent(el.dupsTier.value)}`);
+      if (seq !== state.dupsSeq) return;
+      const count = report.groups.length;
+      el.dupsMeta.textContent = count
+        ? `${count} group${count === 1 ? "" : "s"} · keep one picture of a group and remove the others`
+        : "No duplicates found.";
+      el.dupsList.replaceChildren(...report.groups.map(dupGroup));
+    } catch (err) {
+      if (seq !== state.dupsSeq) return;
+      el.dupsMeta.textContent = "";
+      el.dupsList.replaceChildren();
+      showError(err);
+    }
+  }
+
+  async function removeOthers(g, li) {
+    const chosen = li.querySelector("input[type=radio]:checked");
+    const keepId = chosen ? Number(chosen.value) : largest(g.images).id;
+    const kept = g.images.find((r) => r.id === keepId);
+    const others = g.images.filter((r) => r.id !== keepId);
+    const names = others.map((r) => `“${displayName(r)}” (#${r.id})`).join(", ");
+    if (!window.confirm(`Keep “${displayName(kept)}” (image #${keepId}) and remove the ${others.length} others `
+      + `of this group from the collection?\n\n${names}\n\nThis cannot be undone from the page.`)) return;
+    li.classList.add("busy");
+    let removed = 0;
+    try {
+      for (const r of others) {
+        await writeRequest(`images/${r.id}`, { method: "DELETE" });
+        removed += 1;
+      }
+      notify(`Kept “${displayName(kept)}” (image #${keepId}); removed ${removed} other${removed === 1 ? "" : "s"}.`);
+    } catch (err) {
+      showError(err);
+      if (removed) notify(`Removed ${removed} of ${others.length} before the error.`);
+    } finally {
+      li.classList.remove("busy");
+      if (removed) {
+        loadStatus();
+        if (!state.query) browse(state.browse.offset);
+        loadDuplicates();
+      }
+    }
+  }
+
+  el.dupsOpen.addEventListener("click", () => {
+    el.dups.hidden = false;
+    el.dups.scrollIntoView({ behavior: "smooth", block: "nearest" });
+    loadDuplicates();
+  });
+  el.dupsClose.addEventListener("click", () => { el.dups.hidden = true; });
+  el.dupsTier.addEventListener("change", loadDuplicates);
+
   el.k.addEventListener("change", rerun);
   document.querySelectorAll('input[name="metric"]').forEach((r) => r.addEventListener("change", rerun));
 
