@@ -507,6 +507,7 @@ OPERATIONS = [
     ("GET", "/images/{image_id}/thumbnail", None),
     ("GET", "/images/{image_id}/info", None),
     ("DELETE", "/images/{image_id}", None),
+    ("GET", "/duplicates", None),
     ("GET", "/stats", None),
     ("GET", "/health", None),
 ]

@@ -191,3 +191,18 @@ def test_anchored_links_do_not_chain_through_a_lookalike() -> None:
     for x, y in sorted(scores, key=lambda p: -scores[p]):
         clusters.link_anchored(x, y, 0.9, pair, size)
     assert clusters.groups() == [[1, 2]]
+
+
+def test_tiny_images_do_not_break_the_pixel_check(embedder, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Thumbnails of a few pixels have no ORB points (its pyramid cannot shrink them: cv2.error
+    before, a 500 from GET /duplicates in the API fuzzer); their exact copies are still exact."""
+    folder = tmp_path_factory.mktemp("tiny")
+    for size in (1, 3, 20):
+        Image.new("RGB", (size, size), (30 * size % 255, 90, 160)).save(folder / f"px{size}.png")
+        shutil.copyfile(folder / f"px{size}.png", folder / f"px{size}-copy.png")
+    store = _index(folder, embedder, tmp_path_factory)
+    try:
+        exact = find_duplicates(store)["exact"]
+        assert sorted(sorted(_names(g)) for g in exact) == [[f"px{s}-copy.png", f"px{s}.png"] for s in (1, 20, 3)]
+    finally:
+        store.close()

@@ -276,6 +276,9 @@ class Clusters:
         return [sorted(m) for m in self.members.values() if len(m) > 1]
 
 
+MIN_ORB_SIDE = 32  # px
+
+
 class PixelCheck:
     """Are two images the same picture? Align them (ORB matches + RANSAC homography on the index's
     thumbnails, the second image also tried mirrored) and correlate the pixels of the overlap.
@@ -308,7 +311,8 @@ class PixelCheck:
         return self._thumbs[i]
 
     def _view(self, gray: np.ndarray) -> _View:
-        kps, desc = self.orb.detectAndCompute(gray, None)
+        # ORB's image pyramid cannot shrink a thumbnail of a few pixels (cv2.error in resize): no points
+        kps, desc = self.orb.detectAndCompute(gray, None) if min(gray.shape[:2]) >= MIN_ORB_SIDE else ((), None)
         pts = np.array([k.pt for k in kps], np.float32) if kps else np.zeros((0, 2), np.float32)
         return _View(gray, pts, desc)
 
