@@ -970,3 +970,27 @@ def test_duplicates_keep_one_remove_the_others(page, writable) -> None:
     page.wait_for_function("ids => ids.every(i => !document.querySelector(`#dups-list .dup-item[data-id='${i}']`))",
                            arg=others)
     assert not set(others) & set(card_ids(page))
+
+
+def test_phone_duplicates_review(browser, writable) -> None:
+    """The duplicates view on a phone: groups listed, the page never wider than the screen."""
+    api_server, web_server = writable
+    report = httpx.get(f"{api_server.url}/duplicates", trust_env=False, timeout=120).json()
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(web_server.url)
+        page.wait_for_selector("#status[data-state='ok']")
+        page.click("#dups-open")
+        page.wait_for_selector("#dups-list .dup-group")
+        assert page.locator("#dups-list .dup-group").count() == len(report["groups"])
+        page.locator("#dups-list .dup-group").first.scroll_into_view_if_needed()
+        page.wait_for_function("() => [...document.querySelectorAll('#dups-list img')]"
+                               ".filter(img => img.getBoundingClientRect().top < innerHeight)"
+                               ".every(img => img.complete && img.naturalWidth > 0)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        screenshot(page, "web-duplicates-phone.png", full_page=False)
+    finally:
+        context.close()
