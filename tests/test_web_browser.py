@@ -18,6 +18,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlencode
@@ -115,6 +116,19 @@ def screenshot(page, name: str, full_page: bool = True) -> Path:
 
 def result_names(page) -> list[str]:
     return page.locator("#grid .card .name").all_inner_texts()
+
+
+@contextmanager
+def phone_page(browser) -> Iterator:
+    """A page in a fresh phone-sized context (375x740, touch, 2x pixels), closed afterwards."""
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+    finally:
+        context.close()
 
 
 def wait_for_results(page, title_prefix: str) -> None:
@@ -268,11 +282,7 @@ def test_api_down_is_explained(browser, tmp_path: Path) -> None:
 
 def test_phone_width_layout_has_no_sideways_scrolling(browser, web: ServerThread, sample) -> None:
     _index, query = sample
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
-                                  device_scale_factor=2)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with phone_page(browser) as page:
         page.goto(web.url)
         page.wait_for_selector("#status[data-state='ok']")
         page.set_input_files("#file", str(query))
@@ -283,8 +293,6 @@ def test_phone_width_layout_has_no_sideways_scrolling(browser, web: ServerThread
         assert columns == 2
         assert page.is_visible("text=Tap to choose a photo") is False  # query shown instead of the prompt
         screenshot(page, "web-phone.png", full_page=False)
-    finally:
-        context.close()
 
 
 def test_static_assets_are_local(web: ServerThread) -> None:
@@ -650,11 +658,7 @@ def test_url_and_id_searches_are_shareable_links(page, writable, image_server) -
 
 def test_phone_browse_add_and_a_long_error(browser, writable, new_images) -> None:
     _api, web_server = writable
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
-                                  device_scale_factor=2)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with phone_page(browser) as page:
         page.goto(web_server.url)
         wait_for_browse(page, 24)
         wait_for_visible_thumbnails(page)
@@ -676,8 +680,6 @@ def test_phone_browse_add_and_a_long_error(browser, writable, new_images) -> Non
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         page.locator("#error").scroll_into_view_if_needed()
         screenshot(page, "web-error-phone.png", full_page=False)
-    finally:
-        context.close()
 
 
 def teardown_module() -> None:
@@ -845,11 +847,7 @@ def test_match_strength_and_no_close_match(page, web: ServerThread, sample, tmp_
 
 
 def test_phone_region_drag_and_no_close_match(browser, web: ServerThread, two_subjects: Path) -> None:
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
-                                  device_scale_factor=2)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with phone_page(browser) as page:
         page.goto(web.url)
         page.wait_for_selector("#status[data-state='ok']")
         page.set_input_files("#file", str(two_subjects))
@@ -860,8 +858,6 @@ def test_phone_region_drag_and_no_close_match(browser, web: ServerThread, two_su
         assert all(n.startswith("rocket_") for n in result_names(page)[:3]), result_names(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         screenshot(page, "web-region-phone.png", full_page=False)
-    finally:
-        context.close()
 
 
 def test_why_this_match_draws_the_shared_points(page, web: ServerThread, api: ServerThread, two_subjects: Path) -> None:
@@ -902,11 +898,7 @@ def test_why_this_match_draws_the_shared_points(page, web: ServerThread, api: Se
 
 
 def test_phone_why_this_match(browser, web: ServerThread, sample) -> None:
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
-                                  device_scale_factor=2)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with phone_page(browser) as page:
         page.goto(f"{web.url}/#more=18")
         wait_for_results(page, "More like")
         page.locator("#grid .card").first.locator(".why").click()
@@ -915,8 +907,6 @@ def test_phone_why_this_match(browser, web: ServerThread, sample) -> None:
         canvas = page.locator("#why-canvas").bounding_box()
         assert canvas["width"] <= 375 and canvas["height"] > canvas["width"], "stacked: query above, result below"
         screenshot(page, "web-why-phone.png", full_page=False)
-    finally:
-        context.close()
 
 
 # --- duplicates review --------------------------------------------------------------------------
@@ -976,11 +966,7 @@ def test_phone_duplicates_review(browser, writable) -> None:
     """The duplicates view on a phone: groups listed, the page never wider than the screen."""
     api_server, web_server = writable
     report = httpx.get(f"{api_server.url}/duplicates", trust_env=False, timeout=120).json()
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
-                                  device_scale_factor=2)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+    with phone_page(browser) as page:
         page.goto(web_server.url)
         page.wait_for_selector("#status[data-state='ok']")
         page.click("#dups-open")
@@ -992,5 +978,3 @@ def test_phone_duplicates_review(browser, writable) -> None:
                                ".every(img => img.complete && img.naturalWidth > 0)")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         screenshot(page, "web-duplicates-phone.png", full_page=False)
-    finally:
-        context.close()
