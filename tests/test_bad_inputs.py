@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from badcorpus import UPRIGHT, Corpus, MisbehavingServer, download_config, write_corpus
+from badcorpus import TIMEOUT, UPRIGHT, Corpus, MisbehavingServer, download_config, write_corpus
 from conftest import rows_by_source
 from PIL import Image
 from test_images import BLUE, RED, _close
@@ -91,7 +91,7 @@ def test_failure_summary_groups_the_reasons(corpus: Corpus, ingest) -> None:
     errors = [rows[c.source]["error"] for c in corpus.active() if not c.ok]
     assert report.failure_reasons == dict(Counter(e.split(":")[0].strip() for e in errors))
     for reason in ("corrupt or truncated image", "HTTP 404 Not Found", "too many redirects (more than 5)",
-                   "timeout after 0.5s", "too large", "TLS/SSL error", "refused", "decompression bomb refused"):
+                   f"timeout after {TIMEOUT:g}s", "too large", "TLS/SSL error", "refused", "decompression bomb refused"):
         assert reason in report.failure_reasons, reason
 
 
