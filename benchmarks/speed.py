@@ -4,9 +4,12 @@ On a shared machine absolute figures move with the load, so every spec is measur
 several rounds, and reported with its ratio to the first spec (today's default). Index: a
 `build_index` of the same UKBench images per spec (images/s, best round). Query: median wall
 and CPU time of one `ImageFinder.search` from a paris266 photo file (1024 px JPEG: decode +
-embed + search) on each spec's index, queries interleaved across specs.
+embed + search) on each spec's index, queries interleaved across specs. A spec `preset:NAME`
+builds with that preset's whole bundle (precision included), and its searches use the preset's
+query-time parts (query expansion, verification) as `imagefinder search` does.
 
     python benchmarks/speed.py --images 160 --queries 20
+    python benchmarks/speed.py --specs preset:fast preset:balanced --images 400 --queries 40
 """
 
 from __future__ import annotations
@@ -23,12 +26,19 @@ from imagefinder.evaluate import read_groundtruth
 from imagefinder.finder import ImageFinder
 from imagefinder.index import IndexConfig
 from imagefinder.pipeline import build_index
-from imagefinder.presets import PRESETS
+from imagefinder.presets import PRESETS, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SPECS = ["efficientnet-lite0@gem2,square224", "efficientnet-lite0@gem2,long384", "efficientnet-lite2@gem2,long384",
          "efficientnet-lite2@gem2,long512", "efficientnet-lite1@gem2,long384"]
+
+
+def config_for(spec: str) -> IndexConfig:
+    """A model spec's build, or a preset's (`preset:balanced`)."""
+    if spec.startswith("preset:"):
+        return IndexConfig.from_preset(get_preset(spec.removeprefix("preset:")))
+    return IndexConfig(model=spec)
 
 
 def main() -> int:
@@ -52,7 +62,7 @@ def main() -> int:
             for spec in args.specs:
                 loads.append(os.getloadavg()[0])
                 t0 = time.perf_counter()
-                build_index(sources, Path(tmp) / f"{abs(hash(spec))}-{r}", IndexConfig(model=spec))
+                build_index(sources, Path(tmp) / f"{abs(hash(spec))}-{r}", config_for(spec))
                 rate[spec].append(len(sources) / (time.perf_counter() - t0))
         finders = {s: ImageFinder(Path(tmp) / f"{abs(hash(s))}-0") for s in args.specs}
         for finder in finders.values():
@@ -68,7 +78,8 @@ def main() -> int:
     results = []
     for spec in args.specs:
         best, p50 = max(rate[spec]), 1000 * statistics.median(wall[spec])
-        results.append({"spec": spec, "images_per_second": round(best, 1),
+        results.append({"spec": spec, "model": finders[spec].manifest.model,
+                        "precision": finders[spec].manifest.precision, "images_per_second": round(best, 1),
                         "index_ratio": round(best / max(rate[base]), 3), "query_ms_p50": round(p50, 1),
                         "query_cpu_ms_p50": round(1000 * statistics.median(cpu[spec]), 1),
                         "query_ratio": round(p50 / (1000 * statistics.median(wall[base])), 3)})
