@@ -9,6 +9,7 @@ default bounds (loss <= 0.002 mAP on UKBench and <= 0.005 on paris266).
 
     python benchmarks/precision.py                              # every shipped backbone
     python benchmarks/precision.py --only efficientnet-lite0    # some of them
+    python benchmarks/precision.py --only efficientnet-lite2@gem2,long384   # a model spec (another input)
     python benchmarks/precision.py --table                      # print the saved results
 """
 
@@ -44,10 +45,14 @@ def run(backbones: list[str], results: Path) -> dict:
     return done
 
 
+def _shipped_first(spec: str) -> tuple[int, str]:
+    return (BACKBONES.index(spec) if spec in BACKBONES else len(BACKBONES), spec)
+
+
 def table(done: dict) -> str:
     rows = [("| backbone | UKBench N-S fp32 / int8 | UKBench mAP fp32 / int8 (Δ) | paris266 mAP fp32 / int8 (Δ) "
              "| int8 within bounds |"), "|---|---|---|---|---|"]
-    for backbone in BACKBONES:
+    for backbone in sorted({key.rsplit("/", 2)[0] for key in done}, key=_shipped_first):
         got = {(p, d): done.get(f"{backbone}/{p}/{d}") for p in ("fp32", "int8") for d in DATA}
         if any(v is None for v in got.values()):
             continue
@@ -63,7 +68,8 @@ def table(done: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=BACKBONES, help="backbones to measure (default all)")
+    parser.add_argument("--only", nargs="+", metavar="SPEC",
+                        help="backbones or model specs to measure (default: every shipped backbone at its input)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="only print the table of saved results")
     args = parser.parse_args()

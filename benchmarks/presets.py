@@ -59,7 +59,7 @@ def paris_box_set(out: Path) -> Path:
 
 
 def options(p: Preset) -> SearchOptions:
-    return SearchOptions(qe=p.qe, qe_alpha=p.qe_alpha, rerank=p.rerank, rerank_budget=p.rerank_budget)
+    return SearchOptions(**p.query_options())
 
 
 def ukbench_and_copy(p: Preset, work: Path, copy: Path) -> dict:
@@ -89,10 +89,9 @@ def ukbench_and_copy(p: Preset, work: Path, copy: Path) -> dict:
 def measure(p: Preset, work: Path, copy: Path, box: Path) -> dict:
     out = {"preset": p.name, "bundle": p.to_dict(), "load_start": os.getloadavg()[0]}
     out.update(ukbench_and_copy(p, work, copy))
-    kwargs = {"qe": p.qe, "qe_alpha": p.qe_alpha, "rerank": p.rerank, "rerank_budget": p.rerank_budget}
     config = IndexConfig.from_preset(p)
-    out["paris_map"] = evaluate(PARIS, config, **kwargs)["map"]
-    out["paris_box_map"] = evaluate(box, config, **kwargs)["map"]
+    out["paris_map"] = evaluate(PARIS, config, **p.query_options())["map"]
+    out["paris_box_map"] = evaluate(box, config, **p.query_options())["map"]
     out["load_end"] = os.getloadavg()[0]
     return out
 

@@ -91,16 +91,17 @@ def paris_metrics(finder: ImageFinder) -> dict:
     return {"paris_map": allq["map"], "paris_box_map": box["map"], "paris_box_recall@1": box["recall@1"]}
 
 
-def measure(spec: str, work: Path, copy: Path) -> dict:
+def measure(spec: str, work: Path, copy: Path, precision: str | None = None) -> dict:
+    config = IndexConfig(model=spec, precision=precision)
     out: dict = {"spec": spec, "load": os.getloadavg()[0]}
     ukb = read_groundtruth(UKBENCH)
     paths = [str((UKBENCH / "images" / n).resolve()) for n in ukb.filenames]
-    config = IndexConfig(model=spec)
     index = work / "ukb"
     t0 = time.perf_counter()
     report = build_index(paths, index, config)
     out["images_per_second"] = round(report.indexed / (time.perf_counter() - t0), 2)
     finder = ImageFinder(index)
+    out["precision"] = finder.manifest.precision
     group_of = dict(zip(paths, ukb.groups))
     m, files = _score_in_index(finder, group_of, SearchOptions())
     out.update({"ukb_ns": m["ns_score"], "ukb_map": m["map"]})
@@ -129,11 +130,12 @@ def measure(spec: str, work: Path, copy: Path) -> dict:
 
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r["spec"].endswith("square224") and "lite0" in r["spec"]), results[0])
-    head = ("| model spec | UKBench N-S | UKBench mAP | paris266 mAP | paris266 box mAP | copy hard mAP | "
+    head = ("| model spec | precision | UKBench N-S | UKBench mAP | paris266 mAP | paris266 box mAP | copy hard mAP | "
             "index img/s (x base) | query p50 ms (x base) | load |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| `{r['spec']}` | {r['ukb_ns']:.3f} | {r['ukb_map']:.3f} | {r['paris_map']:.3f} | "
+        # entries without `precision` were measured before int8 existed: fp32
+        lines.append(f"| `{r['spec']}` | {r.get('precision', 'fp32')} | {r['ukb_ns']:.3f} | {r['ukb_map']:.3f} | {r['paris_map']:.3f} | "
                      f"{r['paris_box_map']:.3f} | {r['copy_map']:.3f} | {r['images_per_second']:.1f} "
                      f"({r['images_per_second'] / base['images_per_second']:.2f}) | {r['latency_ms_p50']:.0f} "
                      f"({r['latency_ms_p50'] / base['latency_ms_p50']:.2f}) | {r['load']:.1f} |")
@@ -145,17 +147,20 @@ def main() -> int:
     p.add_argument("--only", nargs="+", metavar="SPEC")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "resolution.json")
     p.add_argument("--table", action="store_true")
+    p.add_argument("--precision", choices=("fp32", "int8"), help="of every spec (default: each backbone's default)")
     args = p.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else []
     if not args.table:
-        done = {r["spec"] for r in results}
+        # a spec is measured once per precision asked (entries from before int8 existed: fp32)
+        done = {(r["spec"], r.get("asked", "fp32")) for r in results}
         with tempfile.TemporaryDirectory(prefix="if-res-") as tmp:
             copy = make_copydetect(UKBENCH, Path(tmp) / "copy", seed=0)
             for spec in args.only or SPECS:
-                if spec in done:
+                if (spec, args.precision or "default") in done:
                     continue
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
-                    r = measure(spec, Path(work), copy)
+                    r = measure(spec, Path(work), copy, args.precision)
+                r["asked"] = args.precision or "default"
                 results.append(r)
                 args.out.write_text(json.dumps(results, indent=1))
                 print({k: v for k, v in r.items() if k != "scores"}, file=sys.stderr, flush=True)

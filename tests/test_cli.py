@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import imagefinder
+from imagefinder.presets import DEFAULT_PRESET, PRESETS
 
 EVAL_KEYS = {"map", "recall@1", "recall@5", "recall@10", "ns_score", "images", "queries", "index_seconds", "precision",
              "images_per_second"}
@@ -69,10 +70,13 @@ def test_search_json_contract(cli_index, photos: Path, cli) -> None:
         assert {"rank", "id", "source", "score"} <= set(r)
         assert r["rank"] == i and isinstance(r["id"], int) and isinstance(r["source"], str)
         assert isinstance(r["score"], float) and math.isfinite(r["score"])
-    assert results[0]["source"] == str(query.resolve()) and results[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    # the default preset expands the query (alpha-QE 2): the image itself is first, a little under 1
+    assert results[0]["source"] == str(query.resolve()) and 0.95 < results[0]["score"] < 1.0
     assert {Path(r["source"]).name for r in results} == {f"ukbench{n:05d}.jpg" for n in range(104, 108)}
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
+    plain = _last_json(cli("search", out, query, "-k", "1", "--qe", "0", "--json").stdout)["results"]
+    assert plain[0]["source"] == str(query.resolve()) and plain[0]["score"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_search_euclidean_json_ascends(cli_index, photos: Path, cli) -> None:
@@ -100,7 +104,7 @@ def test_info_json(cli_index, cli) -> None:
     assert proc.returncode == 0, proc.stderr
     info = _last_json(proc.stdout)
     assert info["path"] == str(out)
-    assert info["model"] == "efficientnet-lite0" and info["embedding_dim"] == 1280
+    assert info["model"] == PRESETS[DEFAULT_PRESET].model and info["embedding_dim"] == 1280  # built with no options
     assert info["index_spec"] == "Flat"
     assert info["counts"]["items"] == 8 and info["counts"]["indexed"] == 8 and info["counts"]["failed"] == 0
     assert info["failures"] == [] and info["failure_reasons"] == {}

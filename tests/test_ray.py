@@ -99,7 +99,7 @@ def test_ray_and_local_runners_give_the_same_index(local_ray: str, images: Path,
                                                    cli) -> None:
     local = build_index([str(images)], tmp_path / "local", embedder=embedder, runner=LocalRunner(workers=4))
     proc = cli("index", images, "--out", tmp_path / "ray", "--ray-address", local_ray, "--batch-size", "8", "--json",
-               "-q", timeout=240)
+               "-q", "--model", "efficientnet-lite0", timeout=240)  # the `embedder` fixture's model
     assert proc.returncode == 0, proc.stderr[-3000:]
     distributed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert local.items == distributed["items"] == N + 1

@@ -42,12 +42,15 @@ STORE_BYTES = 150 * 1024 * 1024
 DRIVER = """
 import json, sys
 import ray
+from imagefinder.index import IndexConfig
 from imagefinder.pipeline import build_index
 from imagefinder.runners.ray import RayRunner
 
 address, images, out, result = sys.argv[1:]
 runner = RayRunner(address=address, embed_actors=2, load_concurrency=1)
-report = build_index([images], out, runner=runner, batch_size=4, progress=False)
+# the model of the local build it is compared with (the `embedder` fixture)
+report = build_index([images], out, IndexConfig(model="efficientnet-lite0"), runner=runner, batch_size=4,
+                     progress=False)
 nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 with open(result, "w") as f:
     json.dump({"indexed": report.indexed, "failed": report.failed, "nodes": nodes, "batches": runner.batches}, f)

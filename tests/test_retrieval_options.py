@@ -177,6 +177,25 @@ def test_index_records_the_preset_and_search_uses_its_query_time_parts(cli, smal
     assert both.returncode == 2 and "--preset fast chooses" in both.stderr
     unknown = cli("search", tmp_path / "idx", small_index.sources[0], "--preset", "best")
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    # the preset's expansion does not apply to euclidean: a plain euclidean search, not an error
+    assert finder.query_options(metric="euclidean")["qe"] == 0 < PRESETS[DEFAULT_PRESET].qe
+    plain = ImageFinder(tmp_path / "idx").search(small_index.sources[0], k=3, metric="euclidean", qe=0)
+    assert [r.id for r in finder.search(small_index.sources[0], k=3, metric="euclidean")] == [r.id for r in plain]
+    with pytest.raises(ValueError, match="euclidean"):  # asked for by name, it is refused
+        finder.search(small_index.sources[0], k=3, metric="euclidean", qe=2)
+    asked = cli("search", tmp_path / "idx", small_index.sources[0], "--metric", "euclidean", "--qe", "2")
+    assert asked.returncode == 2 and "--qe works with --metric cosine or fusion" in asked.stderr
+
+
+def test_a_presets_verification_is_dropped_for_euclidean_and_kept_when_asked() -> None:
+    from imagefinder.presets import PRESETS, resolve_query_options
+
+    accurate = PRESETS["accurate"]
+    assert resolve_query_options(accurate, "vote", {})["rerank"] == accurate.rerank
+    assert resolve_query_options(accurate, "euclidean", {}) | {"rerank_budget": None} == {
+        "qe": 0, "qe_alpha": accurate.qe_alpha, "rerank": 0, "rerank_budget": None, "vqe": 0}
+    assert resolve_query_options(accurate, "euclidean", {"rerank": 5})["rerank"] == 5  # the search refuses it
+    assert resolve_query_options(None, "cosine", {"qe": 1})["qe"] == 1
 
 
 # --- the API: box, preset and match in POST /search ---------------------------------------------------
@@ -212,7 +231,7 @@ def test_api_search_takes_a_box_and_a_preset_and_says_match(api_client: httpx.Cl
     assert api_client.post("/search", json={"id": 1, "preset": "best"}).status_code == 422
 
 
-def test_the_fast_preset_is_the_default_model() -> None:
+def test_the_fast_preset_is_the_model_default() -> None:
     from imagefinder.models import DEFAULT_MODEL
     from imagefinder.presets import PRESETS
 

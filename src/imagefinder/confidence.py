@@ -37,6 +37,8 @@ THRESHOLDS: dict[str, float] = {
     "efficientnet-lite2@gem2,long384": 0.779,
     "efficientnet-lite2@gem2,long512": 0.792,
     "efficientnet-lite2@gem2,square260": 0.771,
+    "efficientnet-lite2@gem2,upto384": 0.765,
+    "efficientnet-lite2@gem2,upto512": 0.764,
 }
 
 
@@ -47,7 +49,8 @@ def signature(members: Sequence[dict[str, Any]]) -> str | None:
     m = members[0]
     pooling = Pooling.from_dict(m.get("pooling") or {}).token() or "avg"
     pre = m.get("preprocess") or {}
-    kind = {"long": "long", "crop": "crop"}.get(pre.get("resize", "squash"), "square")
+    kind = {"long": "long" if pre.get("enlarge", True) else "upto", "crop": "crop"}.get(pre.get("resize", "squash"),
+                                                                                        "square")
     return f"{m['name']}@{pooling},{kind}{pre.get('size', '')}" if pre else f"{m['name']}@{pooling},native"
 
 

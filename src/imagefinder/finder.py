@@ -24,7 +24,7 @@ from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .index.filters import Filter
 from .ingest.decode import ImageError, open_image
 from .ingest.sources import is_url
-from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset
+from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset, resolve_query_options
 from .region import Box, crop_box, parse_box
 from .search import Hit, SearchSpace, search, verified_expansion
 
@@ -170,18 +170,11 @@ class ImageFinder:
         """The preset this index was built with (None: built with explicit options)."""
         return recorded_preset(self.manifest.config.preset)
 
-    def query_options(self, preset: str | None = None, **given: Any) -> dict[str, Any]:
-        """qe, qe_alpha, rerank, rerank_budget: those `given`, else the named preset's, else the
-        preset the index was built with, else off. Not given: None, or FROM_PRESET for
-        rerank_budget (whose None means no budget)."""
-        bundle = get_preset(preset) if preset else self.preset
-        base = bundle.query_options() if bundle else {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0,
-                                                      "vqe": 0}
-        def is_given(key: str) -> bool:
-            value = given.get(key)
-            return value != FROM_PRESET if key == "rerank_budget" and key in given else value is not None
-
-        return {k: given[k] if is_given(k) else v for k, v in base.items()}
+    def query_options(self, preset: str | None = None, metric: str = "cosine", **given: Any) -> dict[str, Any]:
+        """qe, qe_alpha, rerank, rerank_budget, vqe: those `given`, else the named preset's, else the
+        preset the index was built with, else off (`presets.resolve_query_options`). Not given:
+        None, or FROM_PRESET for rerank_budget (whose None means no budget)."""
+        return resolve_query_options(get_preset(preset) if preset else self.preset, metric, given)
 
     def search(self, query: Query, k: int = 10, metric: str = "cosine", *, qe: int | None = None,
                qe_alpha: float | None = None, rerank: int | None = None,
@@ -197,8 +190,8 @@ class ImageFinder:
         box: search with this region of the query only, (x0, y0, x1, y1) in its pixels.
         where: only images this metadata filter matches (`Filter.parse(["year>=2000"])`).
         """
-        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
-                                  vqe=vqe)
+        opts = self.query_options(preset, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
+                                  rerank_budget=rerank_budget, vqe=vqe)
         image = self._image(query)
         if box is not None:
             image = crop_box(image, parse_box(box))
@@ -212,8 +205,8 @@ class ImageFinder:
                   rerank_budget: float | None | FromPreset = FROM_PRESET, preset: str | None = None,
                   where: Filter | None = None, vqe: int | None = None) -> list[Result]:
         """'More like this': query with an indexed image's stored features."""
-        opts = self.query_options(preset, qe=qe, qe_alpha=qe_alpha, rerank=rerank, rerank_budget=rerank_budget,
-                                  vqe=vqe)
+        opts = self.query_options(preset, metric, qe=qe, qe_alpha=qe_alpha, rerank=rerank,
+                                  rerank_budget=rerank_budget, vqe=vqe)
         store = self.store
         record = store.records([item_id]).get(item_id, {})
         if record.get("status") != "ok":

@@ -44,6 +44,7 @@ from .ingest.journal import Journal, model_fingerprint
 from .ingest.sources import Item, expand_nonempty, is_url
 from .ingest.stages import Loaded
 from .models import registry
+from .presets import DEFAULT_PRESET, get_preset
 from .runners.base import Runner
 from .runners.local import LocalRunner
 
@@ -70,6 +71,14 @@ def default_download_config() -> DownloadConfig:
     return DownloadConfig(cache_dir=registry.cache_dir() / "downloads")
 
 
+def default_config(embedder: Embedder | None = None) -> IndexConfig:
+    """A build's choices when none are given: the default preset's, as `imagefinder index` makes them.
+
+    With an `embedder` the caller has chosen the model, so no preset applies.
+    """
+    return IndexConfig() if embedder is not None else IndexConfig.from_preset(get_preset(DEFAULT_PRESET))
+
+
 def build_index(
     sources: Sequence[str],
     out: Path | str,
@@ -88,7 +97,7 @@ def build_index(
     `RayRunner(address)` (runners/); the resulting artifact is the same. Embedded items are
     journalled beside `out` as they finish, so a re-run after a crash or Ctrl-C resumes.
     """
-    config = config or IndexConfig()
+    config = config or default_config(embedder)
     start = time.perf_counter()
     items = expand_nonempty(sources)
     embedder = embedder or Embedder(config.model, precision=config.precision)

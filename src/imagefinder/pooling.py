@@ -12,8 +12,9 @@ vector, so that the pooling is a recorded option applied in numpy, not baked int
   of the model's input size), each pooled vector is L2-normalised and their mean is taken;
 - ``powA``: signed power normalisation x -> sign(x)|x|^A after pooling (A=0.5: square root),
   which damps bursty dimensions;
-- ``longN`` / ``squareN`` (input, not pooling): the image resized keeping its aspect ratio to a
-  long side of N px, or squashed to N x N. Without one a backbone uses its default input
+- ``longN`` / ``uptoN`` / ``squareN`` (input, not pooling): the image resized keeping its aspect
+  ratio to a long side of N px; the same but never enlarged (a smaller image keeps its own size);
+  or squashed to N x N. Without one a backbone uses its default input
   (`Backbone.default_input`); the resolved input is recorded in the manifest as `preprocess`.
 
 Without a pooling method in the spec a backbone uses its own default (efficientnet-lite0:
@@ -28,6 +29,7 @@ changed (no recorded pooling = average pooling, the only one there was):
     efficientnet-lite0@gem3,ms              GeM p=3, scales 1, 0.707, 0.5
     efficientnet-lite0@gem3:1+dinov2-s:0.5  an ensemble with per-member weights
     efficientnet-lite2@gem2,long512         aspect ratio kept, long side 512 px
+    efficientnet-lite2@gem2,upto384         long side 384 px at most, small images not enlarged
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class MemberSpec:
     pooling: Pooling = field(default_factory=Pooling)
     weight: float = 1.0
     method_given: bool = False  # False: the backbone's own default pooling method applies
-    input: tuple[str, int] | None = None  # ("long" | "square", N); None: the backbone's default input
+    input: tuple[str, int] | None = None  # ("long" | "upto" | "square", N); None: the backbone's default input
 
     def resolved(self, default: Pooling) -> Pooling:
         """The pooling to use: the spec's, with the backbone's default method unless one was given."""
@@ -139,8 +141,8 @@ def parse_member(text: str) -> MemberSpec:
                 scales = DEFAULT_SCALES if not rest else tuple(float(s) for s in rest.split("_"))
                 if not scales or any(not 0.1 <= s <= 4 for s in scales):
                     raise ValueError("scales must lie in 0.1..4")
-            elif opt.startswith(("long", "square")):
-                kind = "long" if opt.startswith("long") else "square"
+            elif opt.startswith(("long", "square", "upto")):
+                kind = next(k for k in ("long", "square", "upto") if opt.startswith(k))
                 size = int(opt[len(kind):].lstrip(":="))
                 if not 32 <= size <= 2048:
                     raise ValueError("the input size must lie in 32..2048 px")
@@ -154,7 +156,7 @@ def parse_member(text: str) -> MemberSpec:
         except ValueError as exc:
             raise SpecError(f"{name}@{opts}: bad pooling option {opt!r} ({exc}); options are avg, max, "
                             "gem or gemP (e.g. gem3), ms or msA_B (scales, e.g. ms1_0.707), powA (e.g. pow0.5), "
-                            "longN or squareN (input size, e.g. long512)") from None
+                            "longN, uptoN or squareN (input size, e.g. long512)") from None
     return MemberSpec(name, Pooling(method, p, scales, power), weight, given, input_)
 
 

@@ -55,18 +55,49 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     # The default model spec as it is (its input and pooling are the backbone's defaults, recorded per index).
-    Preset("fast", "efficientnet-lite0, GeM 2, 224 px square: today's speed class (the default)", DEFAULT_MODEL),
-    Preset("balanced", "efficientnet-lite2, GeM 2, long side 384 (aspect ratio kept), alpha-QE 2",
-           "efficientnet-lite2@gem2,long384", qe=2),
-    Preset("accurate", "efficientnet-lite2, GeM 2, long side 512, alpha-QE 2, spatial verification of the top 100 "
-           "(local features computed at index time, 1.5 s budget)",
-           "efficientnet-lite2@gem2,long512", qe=2, rerank=100, rerank_budget=1.5, local_features=True),
+    Preset("fast", "efficientnet-lite0, GeM 2, 224 px square: the earlier default's speed class", DEFAULT_MODEL),
+    # upto384: photos are shrunk to a long side of 384, smaller images and crops are never enlarged
+    Preset("balanced", "efficientnet-lite2, GeM 2, long side up to 384 (aspect ratio kept, never enlarged), "
+           "alpha-QE 2 (the default)", "efficientnet-lite2@gem2,upto384", qe=2),
+    # vqe 5: verified query expansion (Chum et al. 2007), N fixed a priori (README "Verification on scenes")
+    Preset("accurate", "efficientnet-lite2, GeM 2, long side up to 512 (never enlarged), alpha-QE 2, spatial "
+           "verification of the top 100 (local features computed at index time, 1.5 s budget), then verified "
+           "query expansion with the first 5 verified results",
+           "efficientnet-lite2@gem2,upto512", qe=2, rerank=100, rerank_budget=1.5, local_features=True, vqe=5),
 )}
-DEFAULT_PRESET = "fast"
+# balanced met the interactive budget on 2 cores, measured on a quiet machine (README "Retrieval
+# quality": index >= 40 images/s, single query p50 <= 150 ms on a 1000-image index)
+DEFAULT_PRESET = "balanced"
 FromPreset = Literal["preset"]
 FROM_PRESET: FromPreset = "preset"  # an option not given: the preset's value applies
 PresetName = Literal["fast", "balanced", "accurate"]  # for schemas (the API's OpenAPI enum)
 assert set(get_args(PresetName)) == set(PRESETS)
+
+
+QE_METRICS = ("cosine", "fusion")  # the metrics query expansion works with (search.search checks it)
+NO_RERANK_METRICS = ("euclidean",)  # re-ranking adds to similarities, not to distances
+OFF: dict[str, Any] = {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0, "vqe": 0}
+
+
+def resolve_query_options(bundle: Preset | None, metric: str, given: dict[str, Any]) -> dict[str, Any]:
+    """qe, qe_alpha, rerank, rerank_budget, vqe: those `given` (not None), else the bundle's, else off.
+
+    A bundle's expansion and verification are dropped for a metric they do not work with (a
+    balanced index searched with --metric euclidean is a plain euclidean search); a `given`
+    option is kept as it is, so the search refuses it with a message naming the metric.
+    `rerank_budget` counts as given unless it is FROM_PRESET (its None means "no budget").
+    """
+    base = dict(bundle.query_options() if bundle else OFF)
+    if metric not in QE_METRICS:
+        base["qe"] = 0
+    if metric in NO_RERANK_METRICS:
+        base["rerank"] = base["vqe"] = 0
+
+    def is_given(key: str) -> bool:
+        value = given.get(key)
+        return value != FROM_PRESET if key == "rerank_budget" and key in given else value is not None
+
+    return {k: given[k] if is_given(k) else v for k, v in base.items()}
 
 
 def get_preset(name: str) -> Preset:

@@ -31,6 +31,7 @@ import numpy as np
 from .embed import l2_normalize
 from .index import VectorIndex
 from .index.faiss_ops import IdSelection
+from .presets import QE_METRICS
 
 METRICS = ("cosine", "euclidean", "vote", "fusion")
 RRF_K = 60
@@ -67,7 +68,7 @@ def search(space: SearchSpace, queries: np.ndarray, k: int, metric: str = "cosin
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if qe < 0:
         raise ValueError(f"qe must be >= 0, got {qe}")
-    if qe and metric not in ("cosine", "fusion"):
+    if qe and metric not in QE_METRICS:
         raise ValueError(f"query expansion works with the cosine and fusion metrics, not {metric!r}")
     total = space.index.ntotal if allowed is None else min(space.index.ntotal, len(allowed))
     k = max(0, min(k, total))

@@ -199,13 +199,12 @@ def check_query_options(args: argparse.Namespace) -> None:
 
 def resolved_query_options(args: argparse.Namespace, preset: str | None) -> dict[str, Any]:
     """The query-time options as given, the rest from `preset` (a name) - for commands without an index yet."""
-    from ..presets import get_preset
+    from ..presets import FROM_PRESET, get_preset, resolve_query_options
 
-    base = get_preset(preset).query_options() if preset else {"qe": 0, "qe_alpha": 3.0, "rerank": 0,
-                                                               "rerank_budget": 2.0, "vqe": 0}
-    given = {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": args.rerank_budget,
+    budget = FROM_PRESET if args.rerank_budget is None else args.rerank_budget  # the flag has no "no budget" value
+    given = {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": budget,
              "vqe": args.vqe}
-    return {k: base[k] if given[k] is None else given[k] for k in base}
+    return resolve_query_options(get_preset(preset) if preset else None, args.metric, given)
 
 
 def progress(args: argparse.Namespace) -> bool:

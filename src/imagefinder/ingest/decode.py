@@ -59,9 +59,14 @@ class Preprocess:
     layout: str = "NCHW"  # or "NHWC"
     channels: str = "RGB"  # or "BGR"
     multiple: int = 32  # for "long"
+    # for "long": False never enlarges (the long side is min(size, the image's own)), so a small
+    # image or a crop keeps its pixels' scale instead of magnifying its JPEG artefacts
+    enlarge: bool = True
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        # `enlarge` only when off: manifests and cache keys of every earlier build stay as they were
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()
+                if not (k == "enlarge" and v)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
@@ -274,7 +279,8 @@ def _to_rgb(img: Image.Image, peak: float | None = None) -> Image.Image:
 
 def long_side_size(width: int, height: int, spec: Preprocess) -> tuple[int, int]:
     """(w, h) an image of `width` x `height` is resized to under `resize="long"`."""
-    scale, m = spec.size / max(width, height), max(1, spec.multiple)
+    long = max(width, height)
+    scale, m = (spec.size if spec.enlarge else min(spec.size, long)) / long, max(1, spec.multiple)
     return max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m)
 
 

@@ -63,16 +63,18 @@ class Backbone:
     long_side: int | None = None
 
     def input(self, requested: tuple[str, int] | None = None) -> Preprocess:
-        """The preprocessing of a new build: a spec's `longN` / `squareN`, else the backbone's default."""
+        """The preprocessing of a new build: a spec's `longN` / `uptoN` / `squareN`, else the backbone's default."""
         if requested is None:
             return replace(self.preprocess, resize="long", size=self.long_side) if self.long_side else self.preprocess
         kind, size = requested
-        return replace(self.preprocess, resize="long" if kind == "long" else "squash", size=size)
+        if kind == "square":
+            return replace(self.preprocess, resize="squash", size=size)
+        return replace(self.preprocess, resize="long", size=size, enlarge=kind == "long")
 
     def check_input(self, requested: tuple[str, int] | None) -> None:
         if requested is not None and self.fixed_size:
-            raise ModelUnavailable(f"{self.name} takes a fixed {self.preprocess.size}px input: long{requested[1]} / "
-                                   f"square{requested[1]} do not apply")
+            raise ModelUnavailable(f"{self.name} takes a fixed {self.preprocess.size}px input: "
+                                   f"{requested[0]}{requested[1]} does not apply")
 
     def check_pooling(self, pooling: Pooling) -> None:
         """Refuse pooling options this backbone's output cannot honour, saying why."""
