@@ -39,6 +39,26 @@ def test_gem_p1_is_average_and_large_p_tends_to_max() -> None:
     np.testing.assert_allclose(power_normalize(x, 0.5), [[2.0, -3.0, 0.0]])
 
 
+def test_rmac_sums_unit_region_maxima_and_sees_a_spike_in_one_corner() -> None:
+    from imagefinder.pooling import rmac_regions
+
+    regions = rmac_regions(9, 12)  # a 288 x 384 input of a stride-32 backbone
+    assert len(regions) == 20 and all(t + s <= 9 and left + s <= 12 for t, left, s in regions)
+    assert {s for _, _, s in regions} == {9, 6, 4} and (0, 0, 4) in regions and (5, 8, 4) in regions
+    assert set(rmac_regions(12, 9)) == {(left, t, s) for t, left, s in regions}  # a portrait map: transposed
+    flat = np.ones((1, 4, 9, 12), np.float32)
+    # every region of a constant map has the same unit max: whole map + 20 regions
+    np.testing.assert_allclose(pool_map(flat, Pooling("rmac")), np.full((1, 4), 21 * 0.5), rtol=1e-5)
+    spike = flat.copy()
+    spike[0, 0, 8, 11] = 100.0  # the bottom-right corner only: in the regions that cover it
+    covering = 1 + sum(1 for t, left, s in regions if t + s > 8 and left + s > 11)
+    pooled = pool_map(spike, Pooling("rmac"))[0]
+    assert pooled[0] > pooled[1] and covering < 21
+    np.testing.assert_allclose(pool_map(spike.transpose(0, 2, 3, 1), Pooling("rmac"), layout="NHWC"), pooled[None],
+                               rtol=1e-6)
+    assert parse_member("efficientnet-lite2@rmac,upto384").pooling == Pooling("rmac")
+
+
 def test_spec_strings_parse_into_recorded_options() -> None:
     m = parse_member("efficientnet-lite0@gem3,ms,pow0.5:0.5")
     assert (m.name, m.weight) == ("efficientnet-lite0", 0.5)

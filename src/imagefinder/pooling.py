@@ -5,6 +5,9 @@ vector, so that the pooling is a recorded option applied in numpy, not baked int
 
 - ``avg``: global average pooling (the classic, and the default);
 - ``max``: global max pooling (MAC);
+- ``rmac``: regional MAC (Tolias, Sicre & Jegou, ICLR 2016): max pooling over square regions at
+  three scales (about 40% overlap) and over the whole map, each L2-normalised, then summed, so
+  a landmark that fills only part of the photo still gets regions of its own;
 - ``gem`` / ``gemP``: generalised mean, (mean x^p)^(1/p); p=1 is avg, p->inf is max. p=3 is
   the usual choice for retrieval: it weighs the strongest activations (the object) above the
   background without throwing everything else away as max pooling does;
@@ -52,7 +55,7 @@ class SpecError(ImageFinderError, ValueError):
 
 @dataclass(frozen=True)
 class Pooling:
-    method: str = "avg"  # avg | max | gem
+    method: str = "avg"  # avg | max | gem | rmac
     p: float = 3.0  # GeM exponent (method "gem" only)
     scales: tuple[float, ...] = (1.0,)
     power: float | None = None  # signed power normalisation after pooling
@@ -77,8 +80,8 @@ class Pooling:
         parts = []
         if self.method == "gem":
             parts.append(f"gem{_num(self.p)}")
-        elif self.method == "max":
-            parts.append("max")
+        elif self.method in ("max", "rmac"):
+            parts.append(self.method)
         if self.scales != (1.0,):
             parts.append("ms" if self.scales == DEFAULT_SCALES else "ms" + "_".join(_num(s) for s in self.scales))
         if self.power is not None:
@@ -132,6 +135,8 @@ def parse_member(text: str) -> MemberSpec:
                 method, given = "avg", True
             elif opt in ("max", "mac"):
                 method, given = "max", True
+            elif opt == "rmac":
+                method, given = "rmac", True
             elif opt.startswith("gem"):
                 method, p, given = "gem", float(opt[3:].lstrip(":=") or 3.0), True
                 if p <= 0:
@@ -155,7 +160,7 @@ def parse_member(text: str) -> MemberSpec:
                 raise ValueError("unknown option")
         except ValueError as exc:
             raise SpecError(f"{name}@{opts}: bad pooling option {opt!r} ({exc}); options are avg, max, "
-                            "gem or gemP (e.g. gem3), ms or msA_B (scales, e.g. ms1_0.707), powA (e.g. pow0.5), "
+                            "gem or gemP (e.g. gem3), rmac, ms or msA_B (scales, e.g. ms1_0.707), powA (e.g. pow0.5), "
                             "longN, uptoN or squareN (input size, e.g. long512)") from None
     return MemberSpec(name, Pooling(method, p, scales, power), weight, given, input_)
 
@@ -172,14 +177,61 @@ def parse_spec(spec: str) -> list[MemberSpec]:
 
 
 def pool_map(fmap: np.ndarray, pooling: Pooling, layout: str = "NCHW") -> np.ndarray:
-    """(N,C,h,w) (or NHWC) feature map -> (N,C) by avg / max / GeM."""
+    """(N,C,h,w) (or NHWC) feature map -> (N,C) by avg / max / GeM / R-MAC."""
     x = np.asarray(fmap, dtype=np.float32)
     axes = (2, 3) if layout == "NCHW" else (1, 2)
     if pooling.method == "avg":
         return x.mean(axis=axes)
     if pooling.method == "max":
         return x.max(axis=axes)
+    if pooling.method == "rmac":
+        return rmac(x if layout == "NCHW" else x.transpose(0, 3, 1, 2))
     return gem(x, pooling.p, axes)
+
+
+RMAC_LEVELS = 3
+RMAC_OVERLAP = 0.4  # the paper's target overlap of neighbouring regions
+
+
+def rmac_regions(height: int, width: int, levels: int = RMAC_LEVELS) -> list[tuple[int, int, int]]:
+    """(top, left, side) of R-MAC's square regions on a height x width map.
+
+    Level l has regions of side 2*min/(l+1), l of them across the short side and l + m across
+    the long one, where m (0-6) gives neighbouring level-1 regions the overlap closest to 40%.
+    """
+    short, long = min(height, width), max(height, width)
+    extra = 0
+    if long > short:
+        extra = min(range(1, 7), key=lambda m: abs(1 - (long - short) / m / short - RMAC_OVERLAP))
+    regions = []
+    for level in range(1, levels + 1):
+        side = 2 * short // (level + 1)
+        if side == 0:
+            continue
+        across_h = level + (extra if height > width else 0)
+        across_w = level + (extra if width > height else 0)
+        for top in _starts(height, side, across_h):
+            regions += [(top, left, side) for left in _starts(width, side, across_w)]
+    return regions
+
+
+def _starts(size: int, side: int, count: int) -> list[int]:
+    """`count` evenly spaced starts of a window of `side` on an axis of `size` (first and last flush)."""
+    if count == 1:
+        return [(size - side) // 2]
+    step = (size - side) / (count - 1)
+    return sorted({min(size - side, round(i * step)) for i in range(count)})
+
+
+def rmac(x: np.ndarray, levels: int = RMAC_LEVELS) -> np.ndarray:
+    """(N,C,h,w) -> (N,C): the sum of the L2-normalised max-pooled whole map and regions."""
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / (np.linalg.norm(v, axis=1, keepdims=True) + GEM_EPS)
+
+    total = unit(x.max(axis=(2, 3)))
+    for top, left, side in rmac_regions(x.shape[2], x.shape[3], levels):
+        total += unit(x[:, :, top:top + side, left:left + side].max(axis=(2, 3)))
+    return total
 
 
 def gem(x: np.ndarray, p: float, axes: tuple[int, ...]) -> np.ndarray:

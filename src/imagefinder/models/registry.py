@@ -84,6 +84,9 @@ class Backbone:
         if self.output == "tokens" and pooling.method == "gem":
             raise ModelUnavailable(f"{self.name}: GeM needs non-negative activations; its layer-normed ViT "
                                    "tokens are signed (use avg or max)")
+        if self.output == "tokens" and pooling.method == "rmac":
+            raise ModelUnavailable(f"{self.name}: R-MAC pools regions of a conv feature map; this backbone gives "
+                                   "ViT tokens (use avg or max)")
         if pooling.scales != (1.0,) and self.fixed_size:
             raise ModelUnavailable(f"{self.name} takes a fixed {self.preprocess.size}px input: multi-scale (ms) "
                                    "does not apply")
