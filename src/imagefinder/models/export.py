@@ -7,6 +7,7 @@ inference then runs on onnxruntime, which is faster than eager torch on a CPU.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,10 @@ def export_torch_map(model: torch.nn.Module, size: int, out: Path) -> None:
     import torch
 
     dummy = torch.zeros(1, 3, size, size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the exporter's note that it cannot constant-fold the dynamic-shape Slice ops: expected
+        # for a graph with dynamic height/width, and not something a user can act on
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         torch.onnx.export(
             model.eval(),
             (dummy,),
