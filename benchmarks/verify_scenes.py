@@ -15,6 +15,7 @@ Constants are not tuned here: MIN_INLIERS comes from UKBench (rerank.py), vqe N 
 priori (--vqe, default 5). paris266 is small: a direction, not a leaderboard.
 
     python benchmarks/verify_scenes.py [--model efficientnet-lite0] [--only paris266]
+    python benchmarks/verify_scenes.py --top-k 2048 --max-side 1024   # more, finer local features
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def subset(src: Path, out: Path, groups: int | None) -> Path:
     return out
 
 
-def measure(name: str, data: Path, work: Path, model: str, vqe: int, skip: set[str]) -> dict:
+def measure(name: str, data: Path, work: Path, model: str, vqe: int, skip: set[str],
+            local: dict[str, int]) -> dict:
     truth = read_groundtruth(data)
     paths = [str((data / "images" / f).resolve()) for f in truth.filenames]
     index = work / f"index-{name}-{model.replace('@', '_').replace(',', '_')}"
@@ -97,13 +99,14 @@ def measure(name: str, data: Path, work: Path, model: str, vqe: int, skip: set[s
         build_index(paths, index, IndexConfig(model=model))
     finder = ImageFinder(index)
     t0 = time.perf_counter()
-    finder.reranker().precompute(finder.store)
+    finder.reranker(**local).precompute(finder.store)  # cached per extractor setting
     local_s = time.perf_counter() - t0
     rows = []
     memo = Memo()
     memo.install()
     for run, depth, geometry, n in runs(vqe, skip):
-        opts = SearchOptions(rerank=depth, rerank_budget=None, rerank_options={"geometry": geometry}, vqe=n)
+        opts = SearchOptions(rerank=depth, rerank_budget=None, rerank_options={"geometry": geometry, **local},
+                             vqe=n)
         before = memo.cpu.get((depth, geometry), 0.0)
         c0 = time.process_time()
         m, _ = _score_in_index(finder, dict(zip(paths, truth.groups)), opts)
@@ -129,15 +132,18 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/imagefinder-verify-scenes"),
                    help="indexes and their cached local features live here (reused by a rerun)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "verify_scenes.json")
+    p.add_argument("--top-k", type=int, default=1024, help="local features per image (default 1024)")
+    p.add_argument("--max-side", type=int, default=640, help="image side the local features see (default 640)")
     args = p.parse_args()
+    local = {"top_k": args.top_k, "max_side": args.max_side}
     args.work.mkdir(parents=True, exist_ok=True)
     sets = {"paris266": (DATA / "paris266", None), "ukbench": (DATA / "ukbench1000", args.ukb_groups)}
-    out = {"model": args.model, "vqe": args.vqe, "ukb_groups": args.ukb_groups, "sets": []}
+    out = {"model": args.model, "vqe": args.vqe, "ukb_groups": args.ukb_groups, "local": local, "sets": []}
     for name, (src, groups) in sets.items():
         if args.only and name != args.only:
             continue
         data = subset(src, args.work / f"data-{name}", groups)
-        out["sets"].append(measure(name, data, args.work, args.model, args.vqe, set(args.skip)))
+        out["sets"].append(measure(name, data, args.work, args.model, args.vqe, set(args.skip), local))
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0
