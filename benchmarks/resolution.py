@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from imagefinder.benchdata import make_copydetect
+from imagefinder.embed import l2_normalize
 from imagefinder.evaluate import (
     SearchOptions,
     _score_in_index,
@@ -69,10 +70,6 @@ def best_scores(vectors: np.ndarray, db: np.ndarray, query_groups: list, db_grou
     return {"match": match, "nonmatch": other}
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def paris_metrics(finder: ImageFinder) -> dict:
     """All-query mAP (as `evaluate`) and the 40-crop box protocol, on one index of the 266 photos."""
     truth = read_groundtruth(PARIS)
@@ -80,7 +77,7 @@ def paris_metrics(finder: ImageFinder) -> dict:
     allq, _ = _score_in_index(finder, dict(zip(paths, truth.groups)), SearchOptions())
     by_source = finder.store.ids_by_source()
     ids = np.array([by_source[p] for p in paths])
-    vec = unit(np.asarray(finder.store.embeddings[ids], np.float32))
+    vec = l2_normalize(np.asarray(finder.store.embeddings[ids], np.float32))
     crop = np.array(["_qcrop" in n for n in truth.filenames])
     groups = np.array([g or "" for g in truth.groups], dtype=object)
     sims = vec[crop] @ vec[~crop].T
@@ -114,8 +111,8 @@ def measure(spec: str, work: Path, copy: Path, precision: str | None = None) -> 
     out["copy_map"] = cm["map"]
     out.update(measure_latency(finder, files[:20], SearchOptions()))
     ids = np.array([finder.store.ids_by_source()[p] for p in paths])
-    db = unit(np.asarray(finder.store.embeddings[ids], np.float32))
-    qv = unit(finder.embedder.embed_images([Image.open(p).convert("RGB") for p, _ in queries]))
+    db = l2_normalize(np.asarray(finder.store.embeddings[ids], np.float32))
+    qv = l2_normalize(finder.embedder.embed_images([Image.open(p).convert("RGB") for p, _ in queries]))
     out["scores"] = {"ukbench": best_scores(db, db, list(ukb.groups), list(ukb.groups), True),
                      "copy": best_scores(qv, db, [g for _, g in queries], list(ukb.groups), False)}
     finder.close()

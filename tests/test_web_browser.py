@@ -131,6 +131,14 @@ def phone_page(browser) -> Iterator:
         context.close()
 
 
+def search_from_the_page(page, url: str, query: Path) -> None:
+    """Open the page, wait until it is ready, upload `query` and wait for its results."""
+    page.goto(url)
+    page.wait_for_selector("#status[data-state='ok']")
+    page.set_input_files("#file", str(query))
+    wait_for_results(page, "Most similar")
+
+
 def wait_for_results(page, title_prefix: str) -> None:
     page.wait_for_function(
         "prefix => document.querySelector('#results-title').textContent.startsWith(prefix)"
@@ -283,10 +291,7 @@ def test_api_down_is_explained(browser, tmp_path: Path) -> None:
 def test_phone_width_layout_has_no_sideways_scrolling(browser, web: ServerThread, sample) -> None:
     _index, query = sample
     with phone_page(browser) as page:
-        page.goto(web.url)
-        page.wait_for_selector("#status[data-state='ok']")
-        page.set_input_files("#file", str(query))
-        wait_for_results(page, "Most similar")
+        search_from_the_page(page, web.url, query)
         wait_for_thumbnails(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         columns = page.evaluate("getComputedStyle(document.querySelector('#grid')).gridTemplateColumns.split(' ').length")
@@ -744,10 +749,7 @@ def shown_region(page) -> list[int]:
 
 def test_drag_a_box_searches_that_region_as_the_cropped_image_would(page, web: ServerThread, api: ServerThread,
                                                                     two_subjects: Path) -> None:
-    page.goto(web.url)
-    page.wait_for_selector("#status[data-state='ok']")
-    page.set_input_files("#file", str(two_subjects))
-    wait_for_results(page, "Most similar")
+    search_from_the_page(page, web.url, two_subjects)
     whole = card_ids(page)
     assert not page.is_visible("#box") and not page.is_visible("#box-clear")
 
@@ -813,10 +815,7 @@ def test_match_strength_and_no_close_match(page, web: ServerThread, sample, tmp_
     import numpy as np
 
     _index, query = sample
-    page.goto(web.url)
-    page.wait_for_selector("#status[data-state='ok']")
-    page.set_input_files("#file", str(query))
-    wait_for_results(page, "Most similar")
+    search_from_the_page(page, web.url, query)
     labels = page.locator("#grid .card .match").all_inner_texts()
     assert labels[0] == "strong match" and set(labels) <= {"strong match", "weak match"}, labels
     assert not page.is_visible("#no-match")
@@ -848,10 +847,7 @@ def test_match_strength_and_no_close_match(page, web: ServerThread, sample, tmp_
 
 def test_phone_region_drag_and_no_close_match(browser, web: ServerThread, two_subjects: Path) -> None:
     with phone_page(browser) as page:
-        page.goto(web.url)
-        page.wait_for_selector("#status[data-state='ok']")
-        page.set_input_files("#file", str(two_subjects))
-        wait_for_results(page, "Most similar")
+        search_from_the_page(page, web.url, two_subjects)
         drag_box(page, (0.56, 0.08, 0.95, 0.92))
         wait_for_results(page, "Most similar images (selected region)")
         wait_for_visible_thumbnails(page)
@@ -861,10 +857,7 @@ def test_phone_region_drag_and_no_close_match(browser, web: ServerThread, two_su
 
 
 def test_why_this_match_draws_the_shared_points(page, web: ServerThread, api: ServerThread, two_subjects: Path) -> None:
-    page.goto(web.url)
-    page.wait_for_selector("#status[data-state='ok']")
-    page.set_input_files("#file", str(two_subjects))
-    wait_for_results(page, "Most similar")
+    search_from_the_page(page, web.url, two_subjects)
     drag_box(page, (0.52, 0.02, 0.98, 0.98))
     wait_for_results(page, "Most similar images (selected region)")
     box = shown_region(page)

@@ -24,7 +24,15 @@ from .index import IndexError_, Manifest, Store, is_exact, read_manifest
 from .index.filters import Filter
 from .ingest.decode import ImageError, open_image
 from .ingest.sources import is_url
-from .presets import FROM_PRESET, FromPreset, Preset, get_preset, recorded_preset, resolve_query_options
+from .presets import (
+    FROM_PRESET,
+    NO_RERANK_METRICS,
+    FromPreset,
+    Preset,
+    get_preset,
+    recorded_preset,
+    resolve_query_options,
+)
 from .region import Box, crop_box, parse_box
 from .search import Hit, SearchSpace, search, verified_expansion
 
@@ -227,13 +235,13 @@ class ImageFinder:
         store = self.store  # one consistent generation even if an update lands meanwhile
         if store.index is None:
             return [[] for _ in range(len(queries))]
-        if rerank and metric == "euclidean":
+        if rerank and metric in NO_RERANK_METRICS:
             raise ValueError("re-ranking adds to similarity scores: use it with cosine, vote or fusion, not euclidean")
         depth = max(k, rerank) if rerank else k
         allowed = None if where is None or where.empty else store.matching_ids(where)
-        hits = search(self.space(store), queries, depth, metric, qe=qe, qe_alpha=qe_alpha, allowed=allowed)
+        space = self.space(store)
+        hits = search(space, queries, depth, metric, qe=qe, qe_alpha=qe_alpha, allowed=allowed)
         if rerank and local_queries is not None:
-            space = self.space(store)
             hits = [h if lf is None else verify(self.reranker(), space, store, q, lf, h, rerank, rerank_budget, vqe,
                                                 depth, metric, allowed)
                     for q, h, lf in zip(queries, hits, local_queries)]

@@ -76,7 +76,7 @@ assert set(get_args(PresetName)) == set(PRESETS)
 
 QE_METRICS = ("cosine", "fusion")  # the metrics query expansion works with (search.search checks it)
 NO_RERANK_METRICS = ("euclidean",)  # re-ranking adds to similarities, not to distances
-OFF: dict[str, Any] = {"qe": 0, "qe_alpha": 3.0, "rerank": 0, "rerank_budget": 2.0, "vqe": 0}
+OFF: dict[str, Any] = Preset("off", "no query-time options", DEFAULT_MODEL).query_options()  # the field defaults
 
 
 def resolve_query_options(bundle: Preset | None, metric: str, given: dict[str, Any]) -> dict[str, Any]:

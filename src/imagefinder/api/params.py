@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -19,6 +19,9 @@ from ..presets import PRESETS
 from ..search import METRICS
 from .errors import validation_message
 from .schemas import MAX_BATCH, MAX_ID, MAX_K, PREFIX_DOC, WHERE_DOC, Metric
+
+if TYPE_CHECKING:
+    from ..region import Box  # region (and PIL) is imported where a box is parsed
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -71,15 +74,15 @@ def parse_metric(value: Any) -> str:
     return str(value)
 
 
-def parse_box(value: Any) -> list[float] | None:
-    """A form field 'x0,y0,x1,y1' (or a JSON list) -> four numbers; 422 saying what is wrong."""
+def parse_box(value: Any) -> Box | None:
+    """A form field 'x0,y0,x1,y1' (or a JSON list) -> a box; 422 saying what is wrong."""
     if value is None or value == "":
         return None
     from ..region import BoxError
     from ..region import parse_box as parse
 
     try:
-        return list(parse(value))
+        return parse(value)
     except BoxError as exc:
         raise HTTPException(422, str(exc)) from None
 

@@ -25,6 +25,14 @@ URL_DOC = ("relative to the URL of the request that returned it (resolve it like
            "stays right behind a proxy such as the web page's /api; null in the CLI's output")
 
 
+def check_one_query(url: str | None, item_id: int | None, box: list[float] | None) -> None:
+    """A query is an image URL or an indexed image's id, never both; a box needs an image."""
+    if (url is None) == (item_id is None):
+        raise ValueError("give exactly one of 'url' (an image URL) or 'id' (an indexed image)")
+    if box is not None and item_id is not None:
+        raise ValueError("'box' selects a region of a query image: use it with 'url' or an upload, not 'id'")
+
+
 class SearchRequest(BaseModel):
     """Search by an image URL or by the id of an indexed image ("more like this")."""
 
@@ -46,10 +54,7 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.url is None) == (self.id is None):
-            raise ValueError("give exactly one of 'url' (an image URL) or 'id' (an indexed image)")
-        if self.box is not None and self.id is not None:
-            raise ValueError("'box' selects a region of a query image: use it with 'url' or an upload, not 'id'")
+        check_one_query(self.url, self.id, self.box)
         return self
 
 
@@ -222,10 +227,7 @@ class MatchesRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query(self) -> MatchesRequest:
-        if (self.url is None) == (self.id is None):
-            raise ValueError("give exactly one of 'url' (an image URL) or 'id' (an indexed image)")
-        if self.box is not None and self.id is not None:
-            raise ValueError("'box' selects a region of a query image: use it with 'url' or an upload, not 'id'")
+        check_one_query(self.url, self.id, self.box)
         return self
 
 

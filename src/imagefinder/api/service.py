@@ -24,7 +24,7 @@ from ..index import ServeLock, Store
 from ..index.filters import Filter, FilterError
 from ..net.client import safe_fetch
 from ..net.errors import FetchError, FetchTooLarge
-from ..region import BoxError, crop_box, parse_box
+from ..region import Box, BoxError, crop_box
 from .fetching import FetchPool
 from .params import media_type
 from .schemas import ImageInfo, SearchResult
@@ -107,18 +107,18 @@ class Service:
         return None if flt.empty else flt
 
     def search_upload(self, data: bytes, k: int, metric: str, where: Filter | None = None,
-                      what: str = "the file", box: list[float] | None = None,
+                      what: str = "the file", box: Box | None = None,
                       preset: str | None = None) -> tuple[CheckedImage, list[Result]]:
         image = self.check(data, what)
         return image, self.search_image(image, k, metric, where, box, preset)
 
     def search_image(self, image: CheckedImage, k: int, metric: str, where: Filter | None = None,
-                     box: list[float] | None = None, preset: str | None = None) -> list[Result]:
+                     box: Box | None = None, preset: str | None = None) -> list[Result]:
         self.refresh()
         query = image.decoded.image
         if box is not None:  # the box is in the image's own pixels; it may have been decoded smaller (draft)
             try:
-                query = crop_box(query, parse_box(box), (image.decoded.width, image.decoded.height))
+                query = crop_box(query, box, (image.decoded.width, image.decoded.height))
             except BoxError as exc:
                 raise HTTPException(422, str(exc)) from None
         return self.finder.search(query, k=k, metric=metric, where=where, preset=preset)

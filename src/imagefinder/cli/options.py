@@ -75,8 +75,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help=f"backbone, or an ensemble 'a+b' (default {DEFAULT_MODEL}); one of: {', '.join(BACKBONES)}. "
                         "Pooling and input options after '@', ensemble weights after ':', e.g. "
                         "efficientnet-lite2@gem2,long512 or efficientnet-lite0@gem3:1+dinov2-s:0.5 (avg, max, "
-                        "gem/gemP, ms/msA_B, powA; longN = aspect ratio kept, long side N px; squareN = squashed "
-                        "to N x N; recorded in the manifest and used for every query)")
+                        "gem/gemP, rmac, ms/msA_B, powA; longN = aspect ratio kept, long side N px; uptoN = the same but "
+                        "never enlarged; squareN = squashed to N x N; recorded in the manifest and used for every "
+                        "query)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fp32, or int8: statically quantised graphs, calibrated on the built-in sample photos "
                         "(faster on CPUs with int8 dot products; cached like the fp32 export). Default: per "
@@ -191,20 +192,27 @@ def check_query_options(args: argparse.Namespace) -> None:
         raise UsageError("--qe, --rerank and --vqe must be >= 0")
     if args.vqe and args.rerank == 0:
         raise UsageError("--vqe expands with spatially verified results: it needs --rerank N (N > 0)")
-    if args.qe and args.metric not in ("cosine", "fusion"):
+    from ..presets import NO_RERANK_METRICS, QE_METRICS
+
+    if args.qe and args.metric not in QE_METRICS:
         raise UsageError(f"--qe works with --metric cosine or fusion, not {args.metric}")
-    if args.rerank and args.metric == "euclidean":
+    if args.rerank and args.metric in NO_RERANK_METRICS:
         raise UsageError("--rerank adds to similarity scores: use --metric cosine, vote or fusion")
+
+
+def given_query_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The query-time options as the flags give them; not given: None (FROM_PRESET for the budget)."""
+    from ..presets import FROM_PRESET
+
+    budget = FROM_PRESET if args.rerank_budget is None else args.rerank_budget  # the flag has no "no budget" value
+    return {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": budget, "vqe": args.vqe}
 
 
 def resolved_query_options(args: argparse.Namespace, preset: str | None) -> dict[str, Any]:
     """The query-time options as given, the rest from `preset` (a name) - for commands without an index yet."""
-    from ..presets import FROM_PRESET, get_preset, resolve_query_options
+    from ..presets import get_preset, resolve_query_options
 
-    budget = FROM_PRESET if args.rerank_budget is None else args.rerank_budget  # the flag has no "no budget" value
-    given = {"qe": args.qe, "qe_alpha": args.qe_alpha, "rerank": args.rerank, "rerank_budget": budget,
-             "vqe": args.vqe}
-    return resolve_query_options(get_preset(preset) if preset else None, args.metric, given)
+    return resolve_query_options(get_preset(preset) if preset else None, args.metric, given_query_options(args))
 
 
 def progress(args: argparse.Namespace) -> bool:

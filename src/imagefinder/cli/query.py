@@ -15,6 +15,7 @@ from .options import (
     UsageError,
     check_query_options,
     common,
+    given_query_options,
     metric_option,
     preset_option,
     progress,
@@ -61,7 +62,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..finder import ImageFinder
     from ..index.filters import Filter
     from ..ingest.decode import ImageError
-    from ..presets import FROM_PRESET
     from ..region import BoxError, parse_box
 
     if args.k < 1:
@@ -69,16 +69,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_query_options(args)
     where = Filter.parse(args.where, args.source_prefix)
     box = parse_box(args.box) if args.box is not None else None
-    budget = FROM_PRESET if args.rerank_budget is None else args.rerank_budget
+    given = given_query_options(args)
     queries = expand_queries(args.query)
     finder = ImageFinder(args.index)
     failed = found = 0
     for n, query in enumerate(queries):
         start = time.perf_counter()
         try:
-            results = finder.search(query, k=args.k, metric=args.metric, qe=args.qe, qe_alpha=args.qe_alpha,
-                                    rerank=args.rerank, rerank_budget=budget, where=where, box=box,
-                                    preset=args.preset, vqe=args.vqe)
+            results = finder.search(query, k=args.k, metric=args.metric, where=where, box=box, preset=args.preset,
+                                    **given)
         except (ImageError, BoxError) as exc:
             failed += 1
             say(f"imagefinder: error: {exc}", err=True)

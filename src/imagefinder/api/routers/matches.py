@@ -10,8 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from ...explain import correspondences
 from ...models import ModelUnavailable
-from ...region import BoxError, crop_box
-from ...region import parse_box as region_box
+from ...region import Box, BoxError, crop_box
 from ...rerank import MIN_INLIERS, MIN_SIDE, LocalFeatures, SpatialReranker, no_features
 from ..errors import ERRORS
 from ..params import json_body, openapi_body, parse_box
@@ -51,7 +50,7 @@ def _indexed(service: Service, reranker: SpatialReranker, image_id: int) -> tupl
 
 
 def explain(service: Service, result_id: int, image: CheckedImage | None, query_id: int | None,
-            box: list[float] | None) -> MatchesResponse:
+            box: Box | None) -> MatchesResponse:
     """In the thread pool: features of both sides, their inlier pairs."""
     service.refresh()
     reranker = _reranker(service)
@@ -62,8 +61,7 @@ def explain(service: Service, result_id: int, image: CheckedImage | None, query_
         frame = (0.0, 0.0, float(size[0]), float(size[1]))
         if box is not None:
             try:
-                frame = region_box(box)
-                region = crop_box(region, frame, size)
+                region, frame = crop_box(region, box, size), box
             except BoxError as exc:
                 raise HTTPException(422, str(exc)) from None
         query = reranker.query_features(region) if min(region.size) >= MIN_SIDE else no_features(region.size)
@@ -72,7 +70,8 @@ def explain(service: Service, result_id: int, image: CheckedImage | None, query_
         query, size = _indexed(service, reranker, query_id)
         frame = (0.0, 0.0, float(size[0]), float(size[1]))
     found = correspondences(query, result, frame, result_size, reranker.geometry)
-    return MatchesResponse(result_id=result_id, query_size=list(size), result_size=list(result_size), box=box,
+    return MatchesResponse(result_id=result_id, query_size=list(size), result_size=list(result_size),
+                           box=list(box) if box is not None else None,
                            backend=reranker.extractor.backend, geometry=reranker.geometry, mutual=found.mutual,
                            inliers=found.inliers, min_inliers=MIN_INLIERS, verified=found.verified,
                            pairs=[[round(float(v), 1) for v in p] for p in found.pairs])

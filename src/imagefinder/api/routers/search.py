@@ -16,6 +16,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from ...finder import Result
 from ...index.filters import Filter
+from ...region import Box
 from ..errors import ERRORS
 from ..params import (
     BATCH_FORM,
@@ -57,7 +58,7 @@ class Options:
     where: list[str]
     source_prefix: str | None
     filter: Filter | None
-    box: list[float] | None = None  # a region of the query image (single searches of an image only)
+    box: Box | None = None  # a region of the query image (single searches of an image only)
     preset: str | None = None  # query-time parts of a preset (None: the index's own)
 
 
